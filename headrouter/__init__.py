@@ -1,0 +1,1 @@
+"""HeadRouter: training-free audio-token pruning for large audio-language models."""
