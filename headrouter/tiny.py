@@ -1,0 +1,295 @@
+"""Tiny, randomly initialised LALMs built offline (real architectures, tiny configs) for tests and the demo.
+
+Everything here is local: a word-level tokenizer built with the `tokenizers` library, a tiny config, and a
+model folder written with `save_pretrained` (the folder format of CONTRACTS.md), which `load_lalm` then reads
+through the same `from_pretrained` path a real checkpoint takes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from headrouter.prompt import ENDOFTEXT, IM_END, PAD, SPECIAL_TOKENS
+
+__all__ = [
+    "DEFAULT_WORDS",
+    "EXTRA_SPECIAL_TOKENS",
+    "UNK",
+    "build_tiny_random",
+    "build_word_tokenizer",
+    "special_token_ids",
+    "tiny_cache_dir",
+    "tiny_path",
+    "tiny_qwen2_audio_config",
+    "tiny_thinker_config",
+]
+
+log = logging.getLogger("headrouter")
+
+UNK = "<unk>"
+# Ids 7..11: <unk>, then ids the Omni config needs for modalities the tiny models never see.
+EXTRA_SPECIAL_TOKENS = (UNK, "<|IMAGE|>", "<|VIDEO|>", "<|vision_bos|>", "<|vision_eos|>")
+# Words of the template itself; always in the vocabulary.
+TEMPLATE_WORDS = ("system", "user", "assistant")
+
+DEFAULT_WORDS = tuple(
+    """
+    the a an and or but of to in on at for with from by is are was were be been it this that these those
+    i you he she we they me him her us them my your his its our their what which who when where why how
+    yes no not all some any one two three four five six seven eight nine ten zero
+    transcribe describe summarize answer question audio speech speaker music noise sound silence
+    said says say talk talking meeting podcast today tomorrow yesterday time good bad new old first last
+    please thanks hello okay so then there here now just very more less about into over under after before
+    , . ? ! ' -
+    """.split()
+)
+
+# Build recipe version: bump when the tiny configs or the tokenizer recipe change (new cache folder).
+_RECIPE = "v1"
+
+
+def build_word_tokenizer(words: list[str] | tuple[str, ...] = DEFAULT_WORDS):
+    """Build a word-level `PreTrainedTokenizerFast` from a word list, entirely offline.
+
+    Ids: the seven template specials of `headrouter.prompt.SPECIAL_TOKENS` get 0..6 (`<pad>` = 0), then
+    `EXTRA_SPECIAL_TOKENS` (`<unk>` = 7, ...), then "system", "user", "assistant", then `words` in order
+    (duplicates dropped). Text is split on whitespace and punctuation; decoding joins words with spaces.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab: dict[str, int] = {}
+    for token in (*SPECIAL_TOKENS, *EXTRA_SPECIAL_TOKENS, *TEMPLATE_WORDS, *words):
+        if token and token not in vocab:
+            vocab[token] = len(vocab)
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    specials = [*SPECIAL_TOKENS, *EXTRA_SPECIAL_TOKENS]
+    backend.add_special_tokens(specials)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token=UNK,
+        pad_token=PAD,
+        eos_token=IM_END,
+        extra_special_tokens=[t for t in specials if t not in (UNK, PAD, IM_END)],
+        padding_side="left",
+    )
+
+
+def special_token_ids(tokenizer) -> dict[str, int]:
+    """Config fields for the special tokens, read from `tokenizer` (the engine reads them back from config)."""
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (*SPECIAL_TOKENS, *EXTRA_SPECIAL_TOKENS)}
+    return {
+        "audio_token_index": ids["<|AUDIO|>"],
+        "audio_start_token_id": ids["<|audio_bos|>"],
+        "audio_end_token_id": ids["<|audio_eos|>"],
+        "image_token_index": ids["<|IMAGE|>"],
+        "video_token_index": ids["<|VIDEO|>"],
+        "vision_start_token_id": ids["<|vision_bos|>"],
+        "vision_end_token_id": ids["<|vision_eos|>"],
+        "user_token_id": tokenizer.convert_tokens_to_ids("user"),
+        "pad_token_id": ids[PAD],
+        "eos_token_id": ids[IM_END],
+        "endoftext_token_id": ids[ENDOFTEXT],
+    }
+
+
+def tiny_thinker_config(
+    vocab_size: int,
+    tokenizer,
+    hidden_size: int = 32,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 64,
+    audio_d_model: int = 32,
+    audio_layers: int = 2,
+    audio_heads: int = 4,
+    **text_overrides,
+):
+    """A `Qwen2_5OmniThinkerConfig` of the real architecture at toy size, special ids taken from `tokenizer`.
+
+    Defaults follow transformers' own tester: hidden 32, 4 layers, 4 heads, 2 KV heads (head_dim 8,
+    mrope_section [1, 1, 2]); audio encoder d_model 32, 2 layers, 4 heads, n_window 100, 128 mel bins.
+    `text_overrides` go to the text config (e.g. `max_position_embeddings`).
+    """
+    from transformers import Qwen2_5OmniThinkerConfig
+
+    ids = special_token_ids(tokenizer)
+    head_dim = hidden_size // num_heads
+    if head_dim % 2 or head_dim < 4:
+        raise ValueError(f"head_dim {head_dim} must be even and >= 4 for mRoPE")
+    half = head_dim // 2
+    mrope = [half // 4, half // 4, half - 2 * (half // 4)]
+    text_config = {
+        "vocab_size": vocab_size,
+        "hidden_size": hidden_size,
+        "intermediate_size": intermediate_size,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": num_heads,
+        "num_key_value_heads": num_kv_heads,
+        "max_position_embeddings": 32768,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope},
+        "pad_token_id": ids["pad_token_id"],
+        "eos_token_id": ids["eos_token_id"],
+        "tie_word_embeddings": False,
+        **text_overrides,
+    }
+    audio_config = {
+        "num_mel_bins": 128,
+        "d_model": audio_d_model,
+        "encoder_layers": audio_layers,
+        "encoder_attention_heads": audio_heads,
+        "encoder_ffn_dim": 2 * audio_d_model,
+        "n_window": 100,
+        "output_dim": hidden_size,
+        "max_source_positions": 1500,
+    }
+    vision_config = {
+        "depth": 1,
+        "hidden_size": 16,
+        "intermediate_size": 16,
+        "num_heads": 2,
+        "out_hidden_size": hidden_size,
+        "fullatt_block_indexes": [0],
+        "patch_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 8,
+    }
+    config = Qwen2_5OmniThinkerConfig(
+        audio_config=audio_config,
+        vision_config=vision_config,
+        text_config=text_config,
+        audio_token_index=ids["audio_token_index"],
+        image_token_index=ids["image_token_index"],
+        video_token_index=ids["video_token_index"],
+        audio_start_token_id=ids["audio_start_token_id"],
+        audio_end_token_id=ids["audio_end_token_id"],
+        user_token_id=ids["user_token_id"],
+    )
+    # Read unconditionally by get_rope_index, but not a declared field of the thinker config.
+    config.vision_start_token_id = ids["vision_start_token_id"]
+    config.vision_end_token_id = ids["vision_end_token_id"]
+    config.pad_token_id = ids["pad_token_id"]
+    config.eos_token_id = ids["eos_token_id"]
+    return config
+
+
+def tiny_qwen2_audio_config(
+    vocab_size: int,
+    tokenizer,
+    hidden_size: int = 32,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 64,
+    audio_d_model: int = 32,
+    audio_layers: int = 2,
+    audio_heads: int = 4,
+):
+    """A `Qwen2AudioConfig` at toy size (Qwen2 text model with 1-D RoPE; encoder takes 3000 mel frames)."""
+    from transformers import Qwen2AudioConfig
+
+    ids = special_token_ids(tokenizer)
+    config = Qwen2AudioConfig(
+        audio_config={
+            "model_type": "qwen2_audio_encoder",
+            "num_mel_bins": 128,
+            "d_model": audio_d_model,
+            "encoder_layers": audio_layers,
+            "encoder_attention_heads": audio_heads,
+            "encoder_ffn_dim": 2 * audio_d_model,
+            "max_source_positions": 1500,
+        },
+        text_config={
+            "model_type": "qwen2",
+            "vocab_size": vocab_size,
+            "hidden_size": hidden_size,
+            "intermediate_size": intermediate_size,
+            "num_hidden_layers": num_layers,
+            "num_attention_heads": num_heads,
+            "num_key_value_heads": num_kv_heads,
+            "max_position_embeddings": 4096,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6},
+            "pad_token_id": ids["pad_token_id"],
+            "eos_token_id": ids["eos_token_id"],
+            "tie_word_embeddings": False,
+        },
+        audio_token_index=ids["audio_token_index"],
+    )
+    config.audio_start_token_id = ids["audio_start_token_id"]
+    config.audio_end_token_id = ids["audio_end_token_id"]
+    config.pad_token_id = ids["pad_token_id"]
+    config.eos_token_id = ids["eos_token_id"]
+    return config
+
+
+def tiny_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """`cache_dir`, else `$HEADROUTER_CACHE`, else `~/.cache/headrouter`."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    return Path(os.environ.get("HEADROUTER_CACHE") or Path.home() / ".cache" / "headrouter")
+
+
+def build_tiny_random(path: str | os.PathLike, family: str = "qwen2_5_omni", seed: int = 0) -> Path:
+    """Write a tiny random model folder (config, safetensors, tokenizer, feature extractor) to `path`.
+
+    `family` is "qwen2_5_omni" (a `Qwen2_5OmniThinkerForConditionalGeneration`) or "qwen2_audio"
+    (a `Qwen2AudioForConditionalGeneration`). Weights come from `torch.manual_seed(seed)`, so a rebuild is
+    identical. The folder is written next to `path` and renamed into place, so readers never see half of it.
+    """
+    import torch
+    from transformers import GenerationConfig
+
+    from headrouter.audio import make_feature_extractor
+
+    path = Path(path)
+    tokenizer = build_word_tokenizer(DEFAULT_WORDS)
+    vocab_size = len(tokenizer)
+    if family == "qwen2_5_omni":
+        from transformers import Qwen2_5OmniThinkerForConditionalGeneration as cls
+
+        config = tiny_thinker_config(vocab_size, tokenizer)
+        window_s = 300.0
+    elif family == "qwen2_audio":
+        from transformers import Qwen2AudioForConditionalGeneration as cls
+
+        config = tiny_qwen2_audio_config(vocab_size, tokenizer)
+        window_s = 30.0
+    else:
+        raise ValueError(f"unknown tiny family {family!r}: expected 'qwen2_5_omni' or 'qwen2_audio'")
+    torch.manual_seed(seed)
+    model = cls(config).eval()
+    ids = special_token_ids(tokenizer)
+    model.generation_config = GenerationConfig(
+        eos_token_id=[ids["eos_token_id"], ids["endoftext_token_id"]],
+        pad_token_id=ids["pad_token_id"],
+        do_sample=False,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        make_feature_extractor(window_s=window_s).save_pretrained(tmp)
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("built tiny random %s model in %s", family, path)
+    return path
+
+
+def tiny_path(alias: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Folder for a tiny alias ("tiny-random" or "tiny-random-qwen2-audio"), built on first use."""
+    family = {"tiny-random": "qwen2_5_omni", "tiny-random-qwen2-audio": "qwen2_audio"}[alias]
+    path = tiny_cache_dir(cache_dir) / f"{alias}-{_RECIPE}"
+    if not (path / "config.json").exists():
+        build_tiny_random(path, family=family)
+    return path
