@@ -1,0 +1,172 @@
+"""Every metric the pipeline exports, defined once.
+
+Names follow the Prometheus conventions: base units (`_seconds`, `_bytes`), `_total` on counters, and labels kept
+to a small closed set (model, method, task, status, profile, kind; never a file name). The same definitions back two
+exporters: `ray.util.metrics` inside Ray actors (Ray prefixes every name with `ray_`; the scrape config in
+`monitoring/stack.py` strips it so dashboards read one name) and `prometheus_client` registries in-process.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import prometheus_client
+
+# `_created` series double every counter for nothing a dashboard uses.
+prometheus_client.disable_created_metrics()
+
+RAY_PREFIX = "ray_"
+BASE_LABELS = ("model", "method", "task")
+STATUSES = ("ok", "error")
+PROFILES = ("semantic", "uniform", "acoustic")
+ERROR_KINDS = (
+    "empty",
+    "too_short",
+    "too_long",
+    "non_finite",
+    "decode",
+    "not_found",
+    "timeout",
+    "out_of_memory",
+    "model",
+    "other",
+)
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+COEFFICIENT_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str  # as exported by prometheus_client; Ray exports RAY_PREFIX + name
+    kind: str  # counter | gauge | histogram
+    help: str
+    labels: tuple[str, ...] = BASE_LABELS
+    buckets: tuple[float, ...] = ()
+
+
+# Chunk-level metrics: recorded by whichever process runs inference (Ray actor or in-process).
+AUDIO_SECONDS = MetricSpec(
+    "headrouter_audio_seconds_total", "counter", "Seconds of audio in chunks processed ok."
+)
+CHUNKS = MetricSpec(
+    "headrouter_chunks_total", "counter", "Chunks processed, by status.", (*BASE_LABELS, "status")
+)
+PREFILL = MetricSpec(
+    "headrouter_prefill_seconds", "histogram", "Prefill latency per chunk.", buckets=LATENCY_BUCKETS
+)
+DECODE = MetricSpec(
+    "headrouter_decode_seconds", "histogram", "Decode latency per chunk.", buckets=LATENCY_BUCKETS
+)
+LATENCY = MetricSpec(
+    "headrouter_chunk_latency_seconds",
+    "histogram",
+    "End-to-end inference latency per chunk (features, prefill and decode).",
+    buckets=LATENCY_BUCKETS,
+)
+AUDIO_TOKENS = MetricSpec("headrouter_audio_tokens_total", "counter", "Audio tokens entering the LLM.")
+KEPT_TOKENS = MetricSpec("headrouter_audio_tokens_kept_total", "counter", "Audio tokens kept after pruning.")
+KV_FULL = MetricSpec(
+    "headrouter_kv_cache_full_bytes_total", "counter", "KV-cache bytes the chunks would take without pruning."
+)
+KV_KEPT = MetricSpec(
+    "headrouter_kv_cache_kept_bytes_total", "counter", "KV-cache bytes the chunks took with pruning."
+)
+PEAK_MEMORY = MetricSpec(
+    "headrouter_accelerator_memory_peak_bytes",
+    "gauge",
+    "Peak accelerator memory allocated by this worker (set only where an accelerator exists).",
+)
+ROUTING = MetricSpec(
+    "headrouter_routing_coefficient",
+    "histogram",
+    "HeadRouter routing coefficient per chunk, by profile (the paper's Figure 7).",
+    (*BASE_LABELS, "profile"),
+    COEFFICIENT_BUCKETS,
+)
+ERRORS = MetricSpec("headrouter_errors_total", "counter", "Chunk errors, by kind.", (*BASE_LABELS, "kind"))
+
+CHUNK_METRICS = (
+    AUDIO_SECONDS,
+    CHUNKS,
+    PREFILL,
+    DECODE,
+    LATENCY,
+    AUDIO_TOKENS,
+    KEPT_TOKENS,
+    KV_FULL,
+    KV_KEPT,
+    PEAK_MEMORY,
+    ROUTING,
+    ERRORS,
+)
+
+# Run-level gauges: one set per batch run, pushed to the Pushgateway under job=<job name>, run_id=<run id>.
+RUN_DURATION = MetricSpec("headrouter_run_duration_seconds", "gauge", "Wall time of the batch run.")
+RUN_AUDIO_SECONDS = MetricSpec(
+    "headrouter_run_audio_seconds", "gauge", "Seconds of audio processed ok by the run."
+)
+RUN_CHUNKS = MetricSpec(
+    "headrouter_run_chunks", "gauge", "Chunks in the run, by status.", (*BASE_LABELS, "status")
+)
+RUN_AUDIO_TOKENS = MetricSpec(
+    "headrouter_run_audio_tokens", "gauge", "Audio tokens entering the LLM in the run."
+)
+RUN_KEPT_TOKENS = MetricSpec("headrouter_run_audio_tokens_kept", "gauge", "Audio tokens kept in the run.")
+RUN_KV_FULL = MetricSpec(
+    "headrouter_run_kv_cache_full_bytes", "gauge", "KV-cache bytes without pruning, run total."
+)
+RUN_KV_KEPT = MetricSpec(
+    "headrouter_run_kv_cache_kept_bytes", "gauge", "KV-cache bytes with pruning, run total."
+)
+RUN_SUCCESS = MetricSpec("headrouter_run_success", "gauge", "1 if the run finished successfully, else 0.")
+RUN_LAST_SUCCESS = MetricSpec(
+    "headrouter_run_last_success_timestamp_seconds",
+    "gauge",
+    "Unix time the batch run last finished successfully (set only on success).",
+)
+
+RUN_METRICS = (
+    RUN_DURATION,
+    RUN_AUDIO_SECONDS,
+    RUN_CHUNKS,
+    RUN_AUDIO_TOKENS,
+    RUN_KEPT_TOKENS,
+    RUN_KV_FULL,
+    RUN_KV_KEPT,
+    RUN_SUCCESS,
+    RUN_LAST_SUCCESS,
+)
+
+ALL_METRICS = CHUNK_METRICS + RUN_METRICS
+
+# (kind, pattern) in order; the first match wins. Patterns read the pipeline's and the engine's error messages.
+_ERROR_PATTERNS = (
+    ("out_of_memory", r"out of memory|\boom\b|memoryerror"),
+    ("timeout", r"timed? ?out|timeout"),
+    ("not_found", r"not found|no such file|nosuchkey|vanished|does not exist|404"),
+    ("non_finite", r"\bnan\b|\binf\b|non-?finite"),
+    ("empty", r"\bempty\b|no audio|zero samples|0 samples"),
+    ("too_short", r"too short|< ?40 ?ms|shorter than"),
+    ("too_long", r"too long|longer than|exceeds? the window|> ?window"),
+    ("decode", r"decod|corrupt|truncat|unsupported|format|not audio|non-audio|invalid data|soundfile|ffmpeg"),
+    ("model", r"cuda|generate|model|runtimeerror"),
+)
+
+
+def error_kind(message: str | None) -> str:
+    """Map a free-text chunk error to one of ERROR_KINDS (a closed set, so it is safe as a label)."""
+    text = (message or "").lower()
+    for kind, pattern in _ERROR_PATTERNS:
+        if re.search(pattern, text):
+            return kind
+    return "other"
+
+
+def model_label(model: str | None) -> str:
+    """A short model name: hub ids stay as they are, paths and URIs keep only their last component."""
+    text = str(model or "unknown").rstrip("/")
+    if "://" in text or text.startswith(("/", ".", "~")):
+        text = text.rsplit("/", 1)[-1] or "unknown"
+    return text[:64]
