@@ -120,6 +120,10 @@ RUN_KV_FULL = MetricSpec(
 RUN_KV_KEPT = MetricSpec(
     "headrouter_run_kv_cache_kept_bytes", "gauge", "KV-cache bytes with pruning, run total."
 )
+RUN_START = MetricSpec("headrouter_run_start_timestamp_seconds", "gauge", "Unix time the batch run started.")
+RUN_IN_PROGRESS = MetricSpec(
+    "headrouter_run_in_progress", "gauge", "1 from the run's start until it finishes."
+)
 RUN_SUCCESS = MetricSpec("headrouter_run_success", "gauge", "1 if the run finished successfully, else 0.")
 RUN_LAST_SUCCESS = MetricSpec(
     "headrouter_run_last_success_timestamp_seconds",
@@ -128,6 +132,8 @@ RUN_LAST_SUCCESS = MetricSpec(
 )
 
 RUN_METRICS = (
+    RUN_START,
+    RUN_IN_PROGRESS,
     RUN_DURATION,
     RUN_AUDIO_SECONDS,
     RUN_CHUNKS,

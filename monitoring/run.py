@@ -55,12 +55,18 @@ class RunMetrics:
             ("audio_s", "ok", "error", "audio_tokens", "kept_tokens", "kv_bytes_full", "kv_bytes_kept"), 0.0
         )
         self._started = time.monotonic()
+        self._gauges[m.RUN_START.name].labels(**self.labels).set(time.time())
+        self._gauges[m.RUN_IN_PROGRESS.name].labels(**self.labels).set(1)
         self._update()
         if served:
             while _current:
                 _SERVED.unregister(_current.pop())
             _SERVED.register(self.registry)
             _current.append(self.registry)
+
+    def start(self) -> bool:
+        """Push the run's start (in progress, start time) if a gateway is set; True if pushed."""
+        return self.push() if self.gateway else False
 
     def observe(self, row: dict) -> None:
         """Add one chunk row to the run's totals."""
@@ -88,6 +94,7 @@ class RunMetrics:
         duration = time.monotonic() - self._started if duration_s is None else duration_s
         self._gauges[m.RUN_DURATION.name].labels(**self.labels).set(duration)
         self._gauges[m.RUN_SUCCESS.name].labels(**self.labels).set(1 if success else 0)
+        self._gauges[m.RUN_IN_PROGRESS.name].labels(**self.labels).set(0)
         if success:
             last = Gauge(
                 m.RUN_LAST_SUCCESS.name,
