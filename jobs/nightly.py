@@ -1,0 +1,389 @@
+"""Nightly mode: process what arrived since the last successful night, under a dated output prefix.
+
+    python -m jobs.nightly --input s3://archive/incoming/ --output s3://results/nightly/ [--date 2026-11-28]
+        [--by modified|partition] [--settle-seconds 300] [pipeline flags: --model --retain --workers ...]
+
+Two ways to tell what is new:
+  --by modified   (default) objects whose LastModified lies in [watermark, cutoff); night D's cutoff is the end of
+                  day D (UTC) or the storage clock minus --settle-seconds, whichever is earlier. Output: OUTPUT/D/.
+  --by partition  the input holds date partitions INPUT/YYYY-MM-DD/; every partition after the watermark up to
+                  night D is processed in date order, each into OUTPUT/YYYY-MM-DD/. A partition is taken as closed
+                  once processed: files added to it later are not picked up.
+The watermark lives in OUTPUT/_nightly/state.json, rewritten in one PUT (S3) or an atomic rename (local disk),
+only after a night succeeded. A night that crashed is recorded as pending and is finished first (same window,
+same prefix; the pipeline's resume skips what is done), so no file lands in two nights. Running a night that
+already succeeded again selects nothing. Exit status: 0 ok, 1 the pipeline failed too many sources,
+2 bad arguments or state, 3 storage or cluster unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import posixpath
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+from pyarrow import fs as pafs
+
+from pipeline.options import RunFailed, RunOptions, RunSummary, UsageError
+from pipeline.sources import AUDIO_EXTENSIONS, fs_path, make_filesystem, to_uri
+
+log = logging.getLogger("jobs")
+
+STATE_DIR = "_nightly"
+STATE_VERSION = 1
+HISTORY = 60  # nights kept in state.json
+
+
+@dataclass(frozen=True)
+class NightlyOptions:
+    input: str
+    output: str
+    night: date  # the day whose arrivals this run covers (default: yesterday, UTC)
+    by: str = "modified"  # modified | partition
+    settle_s: float = 300.0  # uploads younger than this (by the storage clock) wait for the next night
+    run: RunOptions | None = None  # pipeline options; input, output and run_id are set per night
+    since: date | None = None  # first night only: ignore arrivals (or partitions) before this day
+
+
+@dataclass(frozen=True)
+class Arrival:
+    uri: str
+    mtime: int  # whole seconds (S3 LastModified has one-second resolution)
+
+
+@dataclass(frozen=True)
+class NightlyResult:
+    night: str
+    exit_code: int
+    selected: tuple[str, ...] = ()  # URIs handed to the pipeline (modified mode) or partitions processed
+    summaries: tuple[RunSummary, ...] = ()
+    state: dict | None = None
+
+
+def night_cutoff(storage_now: float, settle_s: float, night: date) -> int:
+    """End of the window for `night`: the end of that UTC day or the storage clock less the settle time."""
+    return int(min(math.floor(storage_now - settle_s), _day_end(night)))
+
+
+def select_modified(arrivals, watermark: int | None, cutoff: int) -> list[Arrival]:
+    """Arrivals with watermark <= mtime < cutoff, in URI order; half-open, so no second is counted twice."""
+    return sorted(
+        (a for a in arrivals if (watermark is None or a.mtime >= watermark) and a.mtime < cutoff),
+        key=lambda a: a.uri,
+    )
+
+
+def select_partitions(partitions, done_through: str | None, night: date) -> list[str]:
+    """Partition names (YYYY-MM-DD) after `done_through` and not after `night`, in date order."""
+    chosen = {
+        name
+        for name in partitions
+        if (day := _parse_day(name)) is not None
+        and day <= night
+        and (done_through is None or name > done_through)
+    }
+    return sorted(chosen)
+
+
+def run_nightly(opts: NightlyOptions, run_job=None) -> NightlyResult:
+    """Run one night; `run_job` defaults to pipeline.run_job (tests pass their own)."""
+    run_job = run_job or _pipeline_run_job
+    base = opts.run or RunOptions(input=opts.input, output=opts.output)
+    in_fs = make_filesystem(opts.input, base.s3_endpoint)
+    out_fs = make_filesystem(opts.output, base.s3_endpoint)
+    store = _StateStore(out_fs, fs_path(opts.output))
+    state = store.load() or {"version": STATE_VERSION, "input": opts.input, "by": opts.by, "history": []}
+    if "watermark" not in state and opts.since is not None:  # first night: skip the backlog before --since
+        before = opts.since - timedelta(days=1)
+        state["watermark"] = before.isoformat() if opts.by == "partition" else _day_end(before)
+    if state.get("input") != opts.input or state.get("by") != opts.by:
+        raise UsageError(
+            f"{store.uri(out_fs)} belongs to --input {state.get('input')} --by {state.get('by')}; "
+            "use another --output for a different archive or mode"
+        )
+    if opts.by == "partition":
+        return _run_partitions(opts, base, in_fs, out_fs, store, state, run_job)
+    return _run_modified(opts, base, in_fs, out_fs, store, state, run_job)
+
+
+def _run_modified(opts, base, in_fs, out_fs, store, state, run_job) -> NightlyResult:
+    night = opts.night.isoformat()
+    cutoff = night_cutoff(store.storage_now(), opts.settle_s, opts.night)
+    arrivals = list(_list_arrivals(in_fs, fs_path(opts.input), fs_path(opts.output)))
+    summaries, selected = [], []
+    pending = state.get("pending")
+    if pending and pending["night"] != night:  # finish the crashed night first, with its own window
+        log.info("finishing pending night %s first", pending["night"])
+        done = _one_window(
+            opts, base, out_fs, store, state, arrivals, pending["night"], pending["cutoff"], run_job
+        )
+        summaries += done[1]
+        selected += done[2]
+        if done[0] != 0:
+            return NightlyResult(night, done[0], tuple(selected), tuple(summaries), state)
+    code, runs, uris = _one_window(opts, base, out_fs, store, state, arrivals, night, cutoff, run_job)
+    return NightlyResult(night, code, tuple(selected + uris), tuple(summaries + runs), state)
+
+
+def _one_window(opts, base, out_fs, store, state, arrivals, night, cutoff, run_job):
+    watermark = state.get("watermark")
+    cutoff = max(cutoff, watermark or cutoff)  # never move the watermark back (a backfilled old night)
+    chosen = select_modified(arrivals, watermark, cutoff)
+    uris = [a.uri for a in chosen]
+    log.info(
+        "night %s: %d new of %d listed (window %s .. %s)",
+        night,
+        len(uris),
+        len(arrivals),
+        _iso(watermark),
+        _iso(cutoff),
+    )
+    run_id = f"nightly-{night}-{time.strftime('%H%M%S', time.gmtime())}"
+    summaries = []
+    if uris:
+        state["pending"] = {"night": night, "cutoff": cutoff}
+        store.save(state)
+        manifest = store.write_manifest(night, uris)
+        run = base.replace(input=to_uri(out_fs, manifest), output=_join(opts.output, night), run_id=run_id)
+        summary = run_job(run)
+        summaries.append(summary)
+        if summary.exit_code != 0:
+            log.error(
+                "night %s failed (exit %d): %d of %d sources failed",
+                night,
+                summary.exit_code,
+                summary.files_failed,
+                summary.files_ok + summary.files_failed,
+            )
+            return summary.exit_code, summaries, uris
+    else:
+        _push_empty_success(base, run_id)
+    state.pop("pending", None)
+    state["watermark"] = cutoff
+    _record(state, night, run_id, len(uris), summaries)
+    store.save(state)
+    return 0, summaries, uris
+
+
+def _run_partitions(opts, base, in_fs, out_fs, store, state, run_job) -> NightlyResult:
+    night = opts.night.isoformat()
+    root = fs_path(opts.input)
+    children = in_fs.get_file_info(pafs.FileSelector(root, allow_not_found=False, recursive=False))
+    names = [posixpath.basename(i.path) for i in children if i.type == pafs.FileType.Directory]
+    todo = select_partitions(names, state.get("watermark"), opts.night)
+    log.info("night %s: partitions to process: %s", night, ", ".join(todo) or "none")
+    summaries = []
+    for day in todo:
+        run_id = f"nightly-{day}-{time.strftime('%H%M%S', time.gmtime())}"
+        run = base.replace(input=_join(opts.input, day) + "/", output=_join(opts.output, day), run_id=run_id)
+        summary = run_job(run)
+        summaries.append(summary)
+        if summary.exit_code != 0:
+            log.error("partition %s failed (exit %d)", day, summary.exit_code)
+            return NightlyResult(night, summary.exit_code, tuple(todo), tuple(summaries), state)
+        state["watermark"] = day
+        _record(state, day, run_id, summary.files_listed, [summary])
+        store.save(state)
+    if not todo:
+        _push_empty_success(base, f"nightly-{night}-{time.strftime('%H%M%S', time.gmtime())}")
+    return NightlyResult(night, 0, tuple(todo), tuple(summaries), state)
+
+
+def _pipeline_run_job(run: RunOptions) -> RunSummary:
+    from pipeline import run_job  # Ray and the model load only when a night has work
+
+    return run_job(run)
+
+
+def _list_arrivals(fs: pafs.FileSystem, root: str, output_root: str):
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True, recursive=True))
+    if not infos:
+        log.warning("nothing listed under %s: wrong --input?", to_uri(fs, root))
+    for info in infos:
+        name = posixpath.basename(info.path)
+        if (
+            info.type != pafs.FileType.File
+            or name.startswith(".")
+            or not name.lower().endswith(AUDIO_EXTENSIONS)
+        ):
+            continue
+        if info.path.startswith(output_root.rstrip("/") + "/"):
+            continue  # the output prefix inside the input prefix
+        yield Arrival(to_uri(fs, info.path), int(math.floor(info.mtime.timestamp())))
+
+
+class _StateStore:
+    """OUTPUT/_nightly/: state.json, the storage clock marker, and each night's manifest."""
+
+    def __init__(self, fs: pafs.FileSystem, output_root: str):
+        self.fs, self.dir = fs, posixpath.join(output_root, STATE_DIR)
+        self.path = posixpath.join(self.dir, "state.json")
+
+    def uri(self, fs) -> str:
+        return to_uri(fs, self.path)
+
+    def load(self) -> dict | None:
+        try:
+            with self.fs.open_input_stream(self.path) as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return None
+        try:
+            state = json.loads(raw)
+        except ValueError:
+            raise UsageError(f"{self.uri(self.fs)} is not JSON; fix or remove it by hand") from None
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise UsageError(f"{self.uri(self.fs)}: unknown state version {state.get('version')!r}")
+        return state
+
+    def save(self, state: dict) -> None:
+        self._write(self.path, json.dumps(state, indent=1, sort_keys=True).encode())
+
+    def storage_now(self) -> float:
+        """The storage's own clock (the mtime of a marker just written), the clock LastModified values use."""
+        marker = posixpath.join(self.dir, "clock")
+        self._write(marker, b"")
+        return self.fs.get_file_info(marker).mtime.timestamp()
+
+    def write_manifest(self, night: str, uris) -> str:
+        path = posixpath.join(self.dir, "manifests", f"{night}.jsonl")
+        self._write(path, "".join(json.dumps({"audio": u}) + "\n" for u in uris).encode())
+        return path
+
+    def _write(self, path: str, data: bytes) -> None:
+        if isinstance(self.fs, pafs.LocalFileSystem):  # write a temp file, then rename over the old one
+            os.makedirs(posixpath.dirname(path), exist_ok=True)
+            tmp = f"{path}.tmp-{os.getpid()}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            return
+        with self.fs.open_output_stream(path) as f:  # S3: one PUT, visible whole or not at all
+            f.write(data)
+
+
+def _record(state: dict, night: str, run_id: str, files: int, summaries) -> None:
+    entry = {"night": night, "run_id": run_id, "files": files, "finished_at": _iso(time.time())}
+    if summaries:
+        entry.update(
+            files_ok=sum(s.files_ok for s in summaries), files_failed=sum(s.files_failed for s in summaries)
+        )
+    state["last_success"] = entry
+    state["history"] = (state.get("history") or [])[-(HISTORY - 1) :] + [entry]
+
+
+def _push_empty_success(run: RunOptions, run_id: str) -> None:
+    """A night with nothing new is still a success: push it so the no-recent-success alert stays quiet."""
+    if not run.pushgateway:
+        return
+    try:
+        from monitoring import RunMetrics
+    except ImportError:
+        log.warning("monitoring package unavailable: nothing pushed")
+        return
+    metrics = RunMetrics(
+        run.job_name, run_id, run.model, run.method, run.task, gateway=run.pushgateway, served=False
+    )
+    metrics.finish(success=True, duration_s=0.0)
+
+
+def _day_end(day: date) -> int:
+    return int(datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC).timestamp())
+
+
+def _join(uri: str, name: str) -> str:
+    return uri.rstrip("/") + "/" + name
+
+
+def _parse_day(name: str) -> date | None:
+    try:
+        day = date.fromisoformat(name)
+    except ValueError:
+        return None
+    return day if day.isoformat() == name else None  # only YYYY-MM-DD, not week dates
+
+
+def _iso(ts: float | None) -> str:
+    return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m jobs.nightly", description=__doc__.split("\n\n")[0])
+    p.add_argument("--input", required=True, help="folder or s3://bucket/prefix the archive grows under")
+    p.add_argument("--output", required=True, help="results root; nights go to OUTPUT/YYYY-MM-DD/")
+    p.add_argument(
+        "--date", type=date.fromisoformat, help="the night to run, YYYY-MM-DD (default: yesterday, UTC)"
+    )
+    p.add_argument("--by", choices=("modified", "partition"), default="modified")
+    p.add_argument(
+        "--since", type=date.fromisoformat, help="first night only: skip what arrived before this day"
+    )
+    p.add_argument(
+        "--settle-seconds", type=float, default=300.0, help="leave uploads younger than this (300)"
+    )
+    g = p.add_argument_group("pipeline (as python -m jobs.run)")
+    g.add_argument("--model", default="tiny-random")
+    g.add_argument("--method", default="headrouter")
+    g.add_argument("--retain", type=float, default=0.6)
+    g.add_argument("--task", default="asr")
+    g.add_argument("--question")
+    g.add_argument("--workers", default="1..2", help="MIN..MAX inference actors")
+    g.add_argument("--gpus-per-worker", type=float, default=0.0)
+    g.add_argument("--cpus-per-worker", type=float, default=0.5)
+    g.add_argument("--batch-size", type=int, default=4)
+    g.add_argument("--max-error-fraction", type=float, default=0.1)
+    g.add_argument("--retry-errors", action="store_true")
+    g.add_argument("--s3-endpoint")
+    g.add_argument("--address", help="Ray cluster address (default: the job's cluster or a local Ray)")
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--pushgateway", help="Pushgateway URL for run metrics")
+    g.add_argument("--job-name", default="headrouter-nightly")
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> NightlyOptions:
+    lo, _, hi = args.workers.partition("..")
+    try:
+        workers = (int(lo), int(hi or lo))
+    except ValueError:
+        raise UsageError(f"--workers must be MIN..MAX, got {args.workers!r}") from None
+    fields = {f.name for f in dataclasses.fields(RunOptions)}
+    run_kw = {k: v for k, v in vars(args).items() if k in fields and k not in ("input", "output")}
+    run = RunOptions(input=args.input, output=args.output, **{**run_kw, "workers": workers}).validate()
+    night = args.date or (datetime.now(UTC).date() - timedelta(days=1))
+    if args.settle_seconds < 0:
+        raise UsageError("--settle-seconds must be >= 0")
+    return NightlyOptions(args.input, args.output, night, args.by, args.settle_seconds, run, args.since)
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        result = run_nightly(options_from_args(args))
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (RunFailed, OSError) as e:
+        print(f"error: {' '.join(str(e).split())[:300]}", file=sys.stderr)
+        return 3
+    state = result.state or {}
+    print(
+        f"night {result.night}: {len(result.selected)} selected, exit {result.exit_code}; "
+        f"watermark {state.get('watermark')}; results under {args.output.rstrip('/')}/{result.night}/"
+    )
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
