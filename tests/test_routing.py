@@ -183,6 +183,10 @@ def test_topk_keep_ties_toward_lower_index():
     assert topk_keep(torch.tensor([1.0, 3.0, 3.0, 2.0]), 3).tolist() == [1, 2, 3]
     assert topk_keep(torch.full((6,), 0.5), 3).tolist() == [0, 1, 2]
     assert topk_keep(torch.tensor([2.0, 1.0, 2.0, 1.0, 2.0]), 2).tolist() == [0, 2]
+    many = torch.zeros(20000)
+    many[::3] = 1.0  # large enough that an unstable sort (or torch.topk) scrambles the tied order
+    assert topk_keep(many, 10).tolist() == list(range(0, 30, 3))
+    assert topk_keep(many, 6668).tolist() == sorted([*range(0, 20000, 3), 1])  # all 6667 ones, then index 1
     assert topk_keep(torch.tensor([1.0, 2.0]), 0).dtype == torch.long
     assert topk_keep(torch.tensor([1.0, 2.0]), 0).numel() == 0
     with pytest.raises(ValueError):
