@@ -1,0 +1,398 @@
+"""The model engine: `load_lalm(...)` -> `LALM`, whose `generate` runs every pruning method through one path."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from headrouter.audio import SAMPLE_RATE, AudioInputError, check_audio, featurize, tokens_from_frames
+from headrouter.options import PruneOptions
+from headrouter.prompt import AUDIO, AUDIO_BOS, AUDIO_EOS, render_prompt
+
+__all__ = ["LALM", "AudioInputError", "GenerationOutput", "load_lalm", "resolve_model"]
+
+log = logging.getLogger("headrouter")
+
+TINY_ALIASES = ("tiny-random", "tiny-random-qwen2-audio")
+PROFILES_FILE = "headrouter_profiles.json"
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class GenerationOutput:
+    """One sample's result. audio_tokens: prunable audio tokens (N, or N + 2 with prune_audio_markers);
+    kept_tokens: how many of them layers >= M saw; routing: {"alpha", "spread", "selectivity"} for the
+    headrouter methods, else None; kv_bytes_*: cache bytes after prefill without / with pruning;
+    prefill_s: audio encoder + LLM prefill (first forward); decode_s: the rest of generation;
+    kept_index: ascending indices into the audio span of the kept tokens (all of them for vanilla).
+    """
+
+    text: str
+    token_ids: list[int]
+    audio_tokens: int
+    kept_tokens: int
+    routing: dict | None
+    kv_bytes_full: int
+    kv_bytes_kept: int
+    prefill_s: float
+    decode_s: float
+    kept_index: tuple[int, ...] = ()
+
+
+class LALM:
+    """A loaded audio-language model (use `load_lalm`). One sample per prefill; a batch is a loop."""
+
+    def __init__(self, model, tokenizer, feature_extractor, adapter, model_id: str, folder: Path | None):
+        import torch
+
+        self.model = model
+        self.tokenizer = tokenizer
+        self.feature_extractor = feature_extractor
+        self.adapter = adapter
+        self.model_id = model_id
+        self.folder = folder
+        self.family = adapter.FAMILY
+        self.window_s = float(adapter.WINDOW_S)
+        self.sample_rate = SAMPLE_RATE
+        text_config = adapter.text_config(model)
+        self.num_heads = int(text_config.num_attention_heads)
+        self.num_layers = int(text_config.num_hidden_layers)
+        self.layers, self.final_norm = adapter.decoder(model)
+        assert len(self.layers) == self.num_layers, "decoder layer count disagrees with the config"
+        audio, bos, eos = adapter.token_ids(model.config)
+        vocab = tokenizer.get_vocab()
+        bos = bos if bos is not None else vocab.get(AUDIO_BOS)
+        eos = eos if eos is not None else vocab.get(AUDIO_EOS)
+        if vocab.get(AUDIO) != audio or bos is None or eos is None:
+            raise ValueError(
+                f"tokenizer and config disagree on audio token ids (config audio id {audio}, tokenizer "
+                f"{vocab.get(AUDIO)}; bos {bos}, eos {eos})"
+            )
+        from headrouter.hooks import AudioTokenIds
+
+        self.token_ids = AudioTokenIds(audio=audio, bos=bos, eos=eos)
+        # Real checkpoints ship a chat template with a default system prompt; the tiny models have neither.
+        self.system_prompt = adapter.DEFAULT_SYSTEM if getattr(tokenizer, "chat_template", None) else None
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self._profiles: dict[str | None, object] = {}
+        self._torch = torch
+
+    def __repr__(self) -> str:
+        return (
+            f"LALM({self.model_id!r}, family={self.family}, layers={self.num_layers}, heads={self.num_heads})"
+        )
+
+    # ---- options and inputs -------------------------------------------------------------------------
+    def profiles(self, path: str | None = None):
+        """Profiles for `path`, else the folder's headrouter_profiles.json, else uniform; head count checked."""
+        from headrouter.profiles import Profiles
+
+        if path not in self._profiles:
+            if path is not None:
+                prof = Profiles.load(path, num_heads=self.num_heads)
+            elif self.folder is not None and (self.folder / PROFILES_FILE).exists():
+                prof = Profiles.load(self.folder / PROFILES_FILE, num_heads=self.num_heads)
+            else:
+                prof = Profiles.uniform(self.num_heads, model_id=self.model_id)
+            prof.check_heads(self.num_heads)
+            self._profiles[path] = prof
+        return self._profiles[path]
+
+    def check_options(self, options: PruneOptions):
+        """Validate options against this model; returns the HeadRouter (or None) the method needs."""
+        if not isinstance(options, PruneOptions):
+            raise TypeError(f"options must be a PruneOptions, got {type(options).__name__}")
+        if not 1 <= options.layer <= self.num_layers - 1:
+            raise ValueError(
+                f"layer must be in [1, {self.num_layers - 1}] for this {self.num_layers}-layer model, "
+                f"got {options.layer}"
+            )
+        if options.routing is None:
+            return None
+        from headrouter.routing import HeadRouter
+
+        return HeadRouter(
+            self.profiles(options.profiles), prefilter=options.router_prefilter, routing=options.routing
+        )
+
+    def prepare(self, audio: np.ndarray, prompt: str, index: int = 0, sample_rate: int | None = None) -> dict:
+        """Check one clip and build the model inputs (batch of 1) for `prompt`."""
+        if not isinstance(prompt, str):
+            raise ValueError(f"prompt {index}: expected str, got {type(prompt).__name__}")
+        audio = check_audio(audio, index, self.window_s, sample_rate)
+        feats, frames = featurize(self.feature_extractor, audio, self.adapter.TOTAL_FRAMES)  # [n_mels, F]
+        n = tokens_from_frames(frames)
+        text = render_prompt(prompt, n, self.system_prompt)
+        input_ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]  # [1, T]
+        found = int((input_ids == self.token_ids.audio).sum())
+        if found != n:
+            raise AudioInputError(
+                f"audio sample {index}: prompt holds {found} audio placeholders, expected {n}"
+            )
+        mask = self._torch.zeros(1, feats.shape[1], dtype=self._torch.long)
+        mask[0, :frames] = 1
+        inputs = self.adapter.model_inputs(input_ids, feats[None].to(self.dtype), mask)
+        return {k: v.to(self.device) for k, v in inputs.items()}
+
+    def prune_hooks(self, options: PruneOptions, router=None):
+        """Register the pruning hooks for `options` on the model (None for vanilla); call `.remove()` after."""
+        from headrouter.hooks import apply_pruning
+
+        if options.method == "vanilla":
+            return None
+        return apply_pruning(self.model, self.layers, self.final_norm, self.token_ids, options, router)
+
+    # ---- inference ----------------------------------------------------------------------------------
+    def generate(
+        self,
+        audios: list[np.ndarray],
+        prompts: list[str],
+        options: PruneOptions | None = None,
+        max_new_tokens: int = 64,
+        *,
+        sample_rate: int | None = None,
+        min_new_tokens: int = 0,
+    ) -> list[GenerationOutput]:
+        """Greedy generation for each (audio, prompt) pair with audio tokens pruned per `options`.
+
+        audios: 16 kHz mono float32 arrays (`sample_rate`, when given, must be 16000). Every input is checked
+        before any compute; a bad one raises AudioInputError naming its index. Samples are prefilled and
+        decoded one at a time, so a batch gives exactly what each sample gives alone.
+        """
+        options = options if options is not None else PruneOptions()
+        if len(audios) != len(prompts):
+            raise ValueError(f"{len(audios)} audios but {len(prompts)} prompts")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        router = self.check_options(options)
+        inputs = [self.prepare(a, p, i, sample_rate) for i, (a, p) in enumerate(zip(audios, prompts))]
+        return [self._generate_one(x, options, router, max_new_tokens, min_new_tokens) for x in inputs]
+
+    def _generate_one(self, inputs: dict, options, router, max_new_tokens: int, min_new_tokens: int):
+        from headrouter.kv import kv_bytes
+
+        torch = self._torch
+        full_len = int(inputs["input_ids"].shape[1])
+        marks: dict = {}
+
+        def after_forward(module, args, kwargs, output):
+            if "prefill_end" not in marks:
+                self._sync()
+                marks["prefill_end"] = time.perf_counter()
+                marks["kv"] = kv_bytes(output.cache, full_len)
+
+        timer = self.model.register_forward_hook(after_forward, with_kwargs=True)
+        handle = self.prune_hooks(options, router)
+        try:
+            with torch.inference_mode():
+                self._sync()
+                start = time.perf_counter()
+                out = self.model.generate(
+                    **inputs,
+                    max_new_tokens=max_new_tokens,
+                    min_new_tokens=min_new_tokens,
+                    do_sample=False,
+                    num_beams=1,
+                    use_cache=True,
+                )
+                self._sync()
+                end = time.perf_counter()
+        finally:
+            timer.remove()
+            if handle is not None:
+                handle.remove()
+        new_tokens = out[0, full_len:].tolist()
+        record = handle.record if handle is not None else None
+        audio_tokens, kept_index, routing = self._summary(inputs["input_ids"][0], options, record)
+        full, kept = marks["kv"]
+        return GenerationOutput(
+            text=self.tokenizer.decode(new_tokens, skip_special_tokens=True),
+            token_ids=new_tokens,
+            audio_tokens=audio_tokens,
+            kept_tokens=len(kept_index),
+            routing=routing,
+            kv_bytes_full=full,
+            kv_bytes_kept=kept,
+            prefill_s=marks["prefill_end"] - start,
+            decode_s=end - marks["prefill_end"],
+            kept_index=kept_index,
+        )
+
+    def _summary(self, input_ids, options, record):
+        if record is None:  # vanilla: every prunable token kept
+            from headrouter.hooks import audio_spans
+
+            prunable, _ = audio_spans(input_ids, self.token_ids, options)
+            return int(prunable.numel()), tuple(range(int(prunable.numel()))), None
+        routing = None
+        if record.selection is not None:
+            sel = record.selection
+            routing = {
+                "alpha": tuple(float(a) for a in sel.alpha.tolist()),
+                "spread": float(sel.spread),
+                "selectivity": [float(s) for s in sel.selectivity.tolist()],
+            }
+        return record.audio_tokens, tuple(record.keep_audio.tolist()), routing
+
+    def prefill_logits(self, audio: np.ndarray, prompt: str, options: PruneOptions | None = None):
+        """Next-token logits [V] (float32) after one pruned prefill, and the hooks' PruneRecord (None for vanilla)."""
+        options = options if options is not None else PruneOptions(method="vanilla")
+        router = self.check_options(options)
+        inputs = self.prepare(audio, prompt)
+        handle = self.prune_hooks(options, router)
+        try:
+            with self._torch.inference_mode():
+                logits = self.model(**inputs, use_cache=True).logits[0, -1].float()
+        finally:
+            if handle is not None:
+                handle.remove()
+        return logits, (handle.record if handle is not None else None)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            self._torch.cuda.synchronize(self.device)
+
+
+# ---- loading --------------------------------------------------------------------------------------------
+def resolve_model(
+    name: str, cache_dir: str | os.PathLike | None = None, endpoint_url: str | None = None
+) -> str:
+    """Where `name` lives: a local folder path (tiny aliases built, s3 prefixes downloaded) or a hub id."""
+    from headrouter.tiny import tiny_cache_dir, tiny_path
+
+    if name in TINY_ALIASES:
+        return str(tiny_path(name, cache_dir))
+    if name == "tiny-synth":
+        path = _REPO_ROOT / "models" / "tiny-synth"
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(
+                f"tiny-synth model not found at {path}: it is trained and committed by the quality issue "
+                "(models/tiny-synth/); use 'tiny-random' until then"
+            )
+        return str(path)
+    if name.startswith("s3://"):
+        return str(_download_s3(name, tiny_cache_dir(cache_dir) / "s3", endpoint_url))
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"model folder {path} has no config.json")
+        return str(path)
+    if name.startswith((".", "/", "~")) or path.exists():
+        raise FileNotFoundError(f"model folder {name} does not exist or is not a folder")
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        raise FileNotFoundError(
+            f"unknown model {name!r}: expected a tiny alias {TINY_ALIASES + ('tiny-synth',)}, a local folder, "
+            "an s3://bucket/prefix or a hub id 'org/name'"
+        )
+    return name  # a hub id, tried only because the user named it
+
+
+def load_lalm(
+    name: str,
+    device: str = "cpu",
+    dtype=None,
+    cache_dir: str | os.PathLike | None = None,
+    trust_remote_code: bool = False,
+    *,
+    attn_implementation: str | None = None,
+    endpoint_url: str | None = None,
+) -> LALM:
+    """Load an audio-language model by alias ("tiny-random", "tiny-random-qwen2-audio", "tiny-synth"),
+    local folder, "s3://bucket/prefix" (downloaded once into the cache, sizes and hashes verified) or hub id.
+
+    Safetensors only; remote code only with `trust_remote_code=True`. dtype: a torch dtype or its name
+    (default float32 on CPU, bfloat16 on CUDA). attn_implementation: default "sdpa".
+    """
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, WhisperFeatureExtractor
+
+    from headrouter.adapters import adapter_for
+    from headrouter.audio import make_feature_extractor
+
+    location = resolve_model(name, cache_dir, endpoint_url)
+    folder = Path(location) if Path(location).is_dir() else None
+    if folder is not None:
+        config = json.loads((folder / "config.json").read_text())
+    else:
+        config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code).to_dict()
+    adapter = adapter_for(config)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    if dtype is None:
+        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    model = adapter.load(
+        location,
+        dtype=dtype,
+        use_safetensors=True,
+        trust_remote_code=trust_remote_code,
+        attn_implementation=attn_implementation or "sdpa",
+    )
+    model = model.to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
+    try:
+        feature_extractor = WhisperFeatureExtractor.from_pretrained(location)
+    except OSError:
+        log.warning("no preprocessor_config.json in %s: using the stock Whisper settings", location)
+        feature_extractor = make_feature_extractor(adapter.WINDOW_S)
+    lalm = LALM(model, tokenizer, feature_extractor, adapter, model_id=name, folder=folder)
+    log.info("loaded %r", lalm)
+    return lalm
+
+
+def _download_s3(uri: str, root: Path, endpoint_url: str | None) -> Path:
+    """Mirror s3://bucket/prefix into root/bucket/prefix once; every file's size (and MD5 when the ETag is
+    one) is checked against the listing, so a partial or corrupt copy is fetched again, never loaded."""
+    import boto3  # only here: headrouter imports no storage stack at module level
+
+    bucket, _, prefix = uri[len("s3://") :].partition("/")
+    prefix = prefix.strip("/")
+    if not bucket:
+        raise ValueError(f"bad S3 URI {uri!r}: expected s3://bucket/prefix")
+    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    target = root / bucket / prefix
+    objects = []
+    for page in s3.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=f"{prefix}/" if prefix else ""
+    ):
+        objects.extend(page.get("Contents", []))
+    if not any(o["Key"].endswith("/config.json") or o["Key"] == "config.json" for o in objects):
+        raise FileNotFoundError(f"{uri} holds no config.json ({len(objects)} objects)")
+    for obj in objects:
+        rel = obj["Key"][len(prefix) :].lstrip("/") if prefix else obj["Key"]
+        if not rel or rel.endswith("/"):
+            continue
+        dest = target / rel
+        etag = obj.get("ETag", "").strip('"')
+        if dest.exists() and _matches(dest, obj["Size"], etag):
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.part")
+        s3.download_file(bucket, obj["Key"], str(tmp))
+        if not _matches(tmp, obj["Size"], etag):
+            tmp.unlink(missing_ok=True)
+            raise OSError(f"s3://{bucket}/{obj['Key']}: downloaded file does not match its size/ETag")
+        tmp.replace(dest)
+        log.info("fetched s3://%s/%s (%d bytes)", bucket, obj["Key"], obj["Size"])
+    return target
+
+
+def _matches(path: Path, size: int, etag: str) -> bool:
+    if path.stat().st_size != size:
+        return False
+    if len(etag) == 32 and "-" not in etag:  # single-part upload: the ETag is the MD5
+        md5 = hashlib.md5(usedforsecurity=False)
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                md5.update(block)
+        return md5.hexdigest() == etag
+    return True

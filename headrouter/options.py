@@ -1,0 +1,91 @@
+"""PruneOptions: the one frozen, picklable options object passed from the entry points down to the hooks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["DEFAULT_PREFILTER", "METHODS", "PROBE_INPUTS", "QUERY_TOKENS", "PruneOptions"]
+
+METHODS = (
+    "vanilla",
+    "random",
+    "frame",
+    "fastv",
+    "dart",
+    "headrouter",
+    "headrouter-hard",
+    "headrouter-norouter",
+    "headrouter-noprefilter",
+)
+# Layer M-1's normalized input (what its q/k projections see in the model) or its output (the residual
+# stream after layers 0..M-1, RMS-normalized by layer M-1's input_layernorm before the projections).
+PROBE_INPUTS = ("normed", "hidden")
+# Text tokens forming the probe's query set: the instruction after the audio span (<|audio_eos|> excluded,
+# through the assistant header), or every token outside the audio span (system prompt and user header too).
+QUERY_TOKENS = ("after_audio", "all_text")
+
+# The Frame pre-filter's intermediate budget: HeadRouter scores min(Na, ceil(2.0 * k)) evenly spaced
+# candidates and keeps the best k. The paper leaves the ratio open; 2 halves the candidates per kept token.
+DEFAULT_PREFILTER = 2.0
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """How `LALM.generate` prunes audio tokens.
+
+    method: one of `METHODS`. "vanilla" runs the stock model without hooks. "headrouter" = soft routing +
+    Frame pre-filter; "-hard" = hard-threshold routing; "-norouter" = uniform head weights + pre-filter;
+    "-noprefilter" = soft routing over all audio tokens.
+    retain: fraction of audio tokens kept, in [0, 1] (floor(Na * retain) kept, exact for decimals).
+    layer: pruning layer M in [1, L-1]; layers < M see every token, layers >= M only the kept ones.
+    profiles: path of a Profiles JSON; None uses the model folder's headrouter_profiles.json, else uniform.
+    prefilter: Frame pre-filter ratio (>= 1) for headrouter, -hard and -norouter; default `DEFAULT_PREFILTER`.
+    probe_input: "normed" (default) or "hidden", see `PROBE_INPUTS`.
+    query_tokens: "after_audio" (default) or "all_text", see `QUERY_TOKENS`.
+    prune_audio_markers: False (default) keeps <|audio_bos|>/<|audio_eos|> and prunes only <|AUDIO|> tokens;
+    True lets the markers be pruned like AudioMarathon does (the prunable span is then N + 2 tokens).
+    seed: seed of the "random" method.
+    """
+
+    method: str = "headrouter"
+    retain: float = 0.6
+    layer: int = 2
+    profiles: str | None = None
+    prefilter: float | None = DEFAULT_PREFILTER
+    probe_input: str = "normed"
+    query_tokens: str = "after_audio"
+    prune_audio_markers: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if isinstance(self.retain, bool) or not isinstance(self.retain, int | float):
+            raise ValueError(f"retain must be a number in [0, 1], got {self.retain!r}")
+        if not 0.0 <= float(self.retain) <= 1.0:
+            raise ValueError(f"retain must be in [0, 1], got {self.retain}")
+        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 1:
+            raise ValueError(f"layer must be an int >= 1 (never prune at layer 0), got {self.layer!r}")
+        if self.prefilter is not None and not float(self.prefilter) >= 1.0:
+            raise ValueError(f"prefilter must be None or >= 1, got {self.prefilter}")
+        if self.probe_input not in PROBE_INPUTS:
+            raise ValueError(f"probe_input must be one of {PROBE_INPUTS}, got {self.probe_input!r}")
+        if self.query_tokens not in QUERY_TOKENS:
+            raise ValueError(f"query_tokens must be one of {QUERY_TOKENS}, got {self.query_tokens!r}")
+
+    @property
+    def routing(self) -> str | None:
+        """HeadRouter routing mode for this method ("soft", "hard", "none"), None for the baselines."""
+        return {
+            "headrouter": "soft",
+            "headrouter-noprefilter": "soft",
+            "headrouter-hard": "hard",
+            "headrouter-norouter": "none",
+        }.get(self.method)
+
+    @property
+    def router_prefilter(self) -> float | None:
+        """The pre-filter HeadRouter uses for this method (None for -noprefilter and the baselines)."""
+        if self.routing is None or self.method == "headrouter-noprefilter":
+            return None
+        return self.prefilter
