@@ -20,16 +20,23 @@ RAY_PREFIX = "ray_"
 BASE_LABELS = ("model", "method", "task")
 STATUSES = ("ok", "error")
 PROFILES = ("semantic", "uniform", "acoustic")
+# The pipeline tags errors "kind: detail" (pipeline/decode.py, workers/inference.py); these are its kinds.
 ERROR_KINDS = (
     "empty",
-    "too_short",
+    "no_audio",
+    "too_large",
     "too_long",
-    "non_finite",
-    "decode",
+    "invalid_samples",
+    "invalid_audio",
+    "decode_error",
+    "read_error",
     "not_found",
+    "not_a_file",
+    "permission_denied",
+    "forbidden",
     "timeout",
     "out_of_memory",
-    "model",
+    "inference_error",
     "other",
 )
 
@@ -147,23 +154,29 @@ RUN_METRICS = (
 
 ALL_METRICS = CHUNK_METRICS + RUN_METRICS
 
-# (kind, pattern) in order; the first match wins. Patterns read the pipeline's and the engine's error messages.
+# Untagged messages: (kind, pattern) in order, the first match wins.
 _ERROR_PATTERNS = (
     ("out_of_memory", r"out of memory|\boom\b|memoryerror"),
     ("timeout", r"timed? ?out|timeout"),
-    ("not_found", r"not found|no such file|nosuchkey|vanished|does not exist|404"),
-    ("non_finite", r"\bnan\b|\binf\b|non-?finite"),
-    ("empty", r"\bempty\b|no audio|zero samples|0 samples"),
-    ("too_short", r"too short|< ?40 ?ms|shorter than"),
-    ("too_long", r"too long|longer than|exceeds? the window|> ?window"),
-    ("decode", r"decod|corrupt|truncat|unsupported|format|not audio|non-audio|invalid data|soundfile|ffmpeg"),
-    ("model", r"cuda|generate|model|runtimeerror"),
+    ("not_found", r"not found|no such file|nosuchkey|vanished|does not exist"),
+    ("permission_denied", r"permission|access denied|forbidden"),
+    ("invalid_samples", r"\bnan\b|\binf\b|non-?finite"),
+    ("empty", r"\bempty\b|zero bytes|no audio samples"),
+    ("too_long", r"too long|longer than|exceeds the (model )?window"),
+    ("decode_error", r"decod|corrupt|truncat|unsupported|not audio|invalid data|soundfile|ffmpeg"),
+    ("inference_error", r"cuda|generate|model|runtimeerror"),
 )
 
 
 def error_kind(message: str | None) -> str:
-    """Map a free-text chunk error to one of ERROR_KINDS (a closed set, so it is safe as a label)."""
-    text = (message or "").lower()
+    """Map a chunk error to one of ERROR_KINDS (a closed set, so it is safe as a label).
+
+    A "kind: detail" message whose kind is known keeps it; other messages are matched by keywords.
+    """
+    text = (message or "").strip().lower()
+    tag = text.split(":", 1)[0].strip()
+    if tag in ERROR_KINDS:
+        return tag
     for kind, pattern in _ERROR_PATTERNS:
         if re.search(pattern, text):
             return kind
