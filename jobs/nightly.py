@@ -19,7 +19,6 @@ already succeeded again selects nothing. Exit status: 0 ok, 1 the pipeline faile
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import math
@@ -51,6 +50,7 @@ class NightlyOptions:
     settle_s: float = 300.0  # uploads younger than this (by the storage clock) wait for the next night
     run: RunOptions | None = None  # pipeline options; input, output and run_id are set per night
     since: date | None = None  # first night only: ignore arrivals (or partitions) before this day
+    commit_every_s: float = 10.0  # passed to pipeline.run_job
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,7 @@ def _run_partitions(opts, base, in_fs, out_fs, store, state, run_job) -> Nightly
     for day in todo:
         run_id = f"nightly-{day}-{time.strftime('%H%M%S', time.gmtime())}"
         run = base.replace(input=_join(opts.input, day) + "/", output=_join(opts.output, day), run_id=run_id)
-        summary = run_job(run)
+        summary = _run_pipeline(run_job, run, opts.commit_every_s)
         summaries.append(summary)
         if summary.exit_code != 0:
             log.error("partition %s failed (exit %d)", day, summary.exit_code)
@@ -197,10 +197,36 @@ def _run_partitions(opts, base, in_fs, out_fs, store, state, run_job) -> Nightly
     return NightlyResult(night, 0, tuple(todo), tuple(summaries), state)
 
 
-def _pipeline_run_job(run: RunOptions) -> RunSummary:
+def _pipeline_run_job(run: RunOptions, commit_every_s: float = 10.0, observer=None) -> RunSummary:
     from pipeline import run_job  # Ray and the model load only when a night has work
 
-    return run_job(run)
+    return run_job(run, commit_every_s=commit_every_s, observer=observer)
+
+
+def _run_pipeline(run_job, run: RunOptions, commit_every_s: float) -> RunSummary:
+    """One pipeline run with its run metrics pushed (start, then outcome) as jobs.run does."""
+    metrics = _run_metrics(run)
+    if metrics is not None:
+        metrics.start()
+    try:
+        summary = run_job(run, commit_every_s=commit_every_s, observer=metrics)
+    except RunFailed:
+        if metrics is not None:
+            metrics.finish(success=False)
+        raise
+    if metrics is not None:
+        metrics.finish(success=summary.exit_code == 0, duration_s=summary.wall_s)
+    return summary
+
+
+def _run_metrics(run: RunOptions):
+    if not run.pushgateway:
+        return None
+    from monitoring import RunMetrics
+
+    return RunMetrics(
+        run.job_name, run.run_id, run.model, run.method, run.task, gateway=run.pushgateway, served=False
+    )
 
 
 def _list_arrivals(fs: pafs.FileSystem, root: str, output_root: str):
@@ -317,70 +343,72 @@ def _iso(ts: float | None) -> str:
     return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jobs.nightly", description=__doc__.split("\n\n")[0])
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, as jobs.run
+        raise UsageError(message)
+
+
+def _parser() -> _Parser:
+    p = _Parser(
+        prog="python -m jobs.nightly",
+        description=__doc__.split("\n\n")[0],
+        epilog="Every other flag is passed to the pipeline as for python -m jobs.run (--model, --method, --retain, "
+        "--task, --workers, --gpus-per-worker, --batch-size, --max-error-fraction, --retry-errors, --s3-endpoint, "
+        "--address, --pushgateway, --job-name (default headrouter-nightly), ...): see python -m jobs.run --help.",
+    )
     p.add_argument("--input", required=True, help="folder or s3://bucket/prefix the archive grows under")
     p.add_argument("--output", required=True, help="results root; nights go to OUTPUT/YYYY-MM-DD/")
     p.add_argument(
         "--date", type=date.fromisoformat, help="the night to run, YYYY-MM-DD (default: yesterday, UTC)"
     )
-    p.add_argument("--by", choices=("modified", "partition"), default="modified")
+    p.add_argument(
+        "--by", choices=("modified", "partition"), default="modified", help="how new files are found"
+    )
     p.add_argument(
         "--since", type=date.fromisoformat, help="first night only: skip what arrived before this day"
     )
     p.add_argument(
         "--settle-seconds", type=float, default=300.0, help="leave uploads younger than this (300)"
     )
-    g = p.add_argument_group("pipeline (as python -m jobs.run)")
-    g.add_argument("--model", default="tiny-random")
-    g.add_argument("--method", default="headrouter")
-    g.add_argument("--retain", type=float, default=0.6)
-    g.add_argument("--task", default="asr")
-    g.add_argument("--question")
-    g.add_argument("--workers", default="1..2", help="MIN..MAX inference actors")
-    g.add_argument("--gpus-per-worker", type=float, default=0.0)
-    g.add_argument("--cpus-per-worker", type=float, default=0.5)
-    g.add_argument("--batch-size", type=int, default=4)
-    g.add_argument("--max-error-fraction", type=float, default=0.1)
-    g.add_argument("--retry-errors", action="store_true")
-    g.add_argument("--s3-endpoint")
-    g.add_argument("--address", help="Ray cluster address (default: the job's cluster or a local Ray)")
-    g.add_argument("--device", default="cpu")
-    g.add_argument("--pushgateway", help="Pushgateway URL for run metrics")
-    g.add_argument("--job-name", default="headrouter-nightly")
     return p
 
 
-def options_from_args(args: argparse.Namespace) -> NightlyOptions:
-    lo, _, hi = args.workers.partition("..")
-    try:
-        workers = (int(lo), int(hi or lo))
-    except ValueError:
-        raise UsageError(f"--workers must be MIN..MAX, got {args.workers!r}") from None
-    fields = {f.name for f in dataclasses.fields(RunOptions)}
-    run_kw = {k: v for k, v in vars(args).items() if k in fields and k not in ("input", "output")}
-    run = RunOptions(input=args.input, output=args.output, **{**run_kw, "workers": workers}).validate()
-    night = args.date or (datetime.now(UTC).date() - timedelta(days=1))
-    if args.settle_seconds < 0:
+def parse_args(argv: list[str] | None = None) -> tuple[NightlyOptions, float]:
+    """NightlyOptions from the command line; pipeline flags are parsed by jobs.run's own parser."""
+    from jobs.run import parse_args as run_parse_args
+
+    a, rest = _parser().parse_known_args(argv)
+    if a.settle_seconds < 0:
         raise UsageError("--settle-seconds must be >= 0")
-    return NightlyOptions(args.input, args.output, night, args.by, args.settle_seconds, run, args.since)
+    if "--run-id" in rest or any(r.startswith("--run-id=") for r in rest):
+        raise UsageError("--run-id is chosen per night by jobs.nightly")
+    run, commit_every_s = run_parse_args(
+        ["--job-name", "headrouter-nightly", *rest, "--input", a.input, "--output", a.output]
+    )
+    night = a.date or (datetime.now(UTC).date() - timedelta(days=1))
+    return NightlyOptions(
+        a.input, a.output, night, a.by, a.settle_seconds, run, a.since, commit_every_s
+    ), commit_every_s
 
 
-def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
+    )
     try:
-        result = run_nightly(options_from_args(args))
+        opts, _ = parse_args(argv)
+        result = run_nightly(opts)
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"jobs.nightly: error: {e}", file=sys.stderr)
         return 2
     except (RunFailed, OSError) as e:
-        print(f"error: {' '.join(str(e).split())[:300]}", file=sys.stderr)
+        print(f"jobs.nightly: failed: {' '.join(str(e).split())[:300]}", file=sys.stderr)
         return 3
     state = result.state or {}
     print(
         f"night {result.night}: {len(result.selected)} selected, exit {result.exit_code}; "
-        f"watermark {state.get('watermark')}; results under {args.output.rstrip('/')}/{result.night}/"
+        f"watermark {_iso(state.get('watermark')) if opts.by == 'modified' else state.get('watermark')}; "
+        f"results under {opts.output.rstrip('/')}/YYYY-MM-DD/"
     )
     return result.exit_code
 

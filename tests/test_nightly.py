@@ -65,7 +65,7 @@ class FakePipeline:
         self.runs: list[tuple[RunOptions, list[str]]] = []
         self.fail_next: Exception | int | None = None
 
-    def __call__(self, run: RunOptions) -> RunSummary:
+    def __call__(self, run: RunOptions, commit_every_s: float = 10.0, observer=None) -> RunSummary:
         if run.input.endswith(".jsonl"):
             with open(run.input) as f:
                 sources = [json.loads(line)["audio"] for line in f]
