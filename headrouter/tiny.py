@@ -49,7 +49,7 @@ DEFAULT_WORDS = tuple(
 )
 
 # Build recipe version: bump when the tiny configs or the tokenizer recipe change (new cache folder).
-_RECIPE = "v1"
+_RECIPE = "v2"
 
 
 def build_word_tokenizer(words: list[str] | tuple[str, ...] = DEFAULT_WORDS):
@@ -264,6 +264,11 @@ def build_tiny_random(path: str | os.PathLike, family: str = "qwen2_5_omni", see
         raise ValueError(f"unknown tiny family {family!r}: expected 'qwen2_5_omni' or 'qwen2_audio'")
     torch.manual_seed(seed)
     model = cls(config).eval()
+    with torch.no_grad():
+        # transformers initialises biases to zero; random ones make a dropped bias (e.g. in the probe) visible.
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear) and module.bias is not None:
+                module.bias.normal_(0.0, 0.1)
     ids = special_token_ids(tokenizer)
     model.generation_config = GenerationConfig(
         eos_token_id=[ids["eos_token_id"], ids["endoftext_token_id"]],
