@@ -1,0 +1,143 @@
+"""The Ray Data graph: listed sources -> decode and chunk (CPU tasks) -> inference (actor pool) -> driver sink.
+
+Each stage streams: a decode task yields one chunk at a time, the actor pool takes batches of chunks, and the
+driver pulls finished rows with `iter_batches` and commits them (pipeline.sink). Nothing is materialized whole.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.chunking import chunk_stream
+from pipeline.decode import SAMPLE_RATE, DecodeError, DecodeLimits, decode_stream
+from pipeline.options import RunOptions
+from pipeline.sources import Source, fs_path, make_filesystem
+
+# Rows between the decode stage and the inference actors: one per chunk, audio as float32 bytes.
+SEGMENT_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("attempt_id", pa.string()),
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("task", pa.string()),
+        ("question", pa.string()),
+        ("choices", pa.string()),  # JSON list or null
+        ("chunk_index", pa.int32()),
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+        ("last", pa.bool_()),
+        ("silent", pa.bool_()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("audio", pa.large_binary()),  # [n] float32 little-endian, 16 kHz mono
+    ]
+)
+
+SILENCE_PEAK = 1e-4  # about -80 dBFS: digital silence, not a quiet room
+KNOWN_WINDOWS_S = {"tiny-random": 300.0, "tiny-synth": 300.0, "tiny-random-qwen2-audio": 30.0}
+
+
+def model_window_s(model: str) -> float:
+    """The model's audio window without loading the model (the actors check it again after loading)."""
+    if model in KNOWN_WINDOWS_S:
+        return KNOWN_WINDOWS_S[model]
+    cfg = os.path.join(model, "preprocessor_config.json")
+    if os.path.isfile(cfg):
+        with open(cfg) as f:
+            chunk = json.load(f).get("chunk_length")
+        if chunk:
+            return float(chunk)
+    return 30.0 if "qwen2-audio" in model.lower() else 300.0
+
+
+@functools.lru_cache(maxsize=4)
+def _filesystem(s3: bool, endpoint: str | None):
+    return make_filesystem("s3://x" if s3 else "/", endpoint)
+
+
+def decode_and_chunk(
+    batch: dict[str, np.ndarray], window_s: float, limits: DecodeLimits, s3_endpoint: str | None
+) -> Iterator[pa.Table]:
+    """CPU stage: for each listed source, yield its chunks one at a time; a bad source yields one error row."""
+    for i in range(len(batch["id"])):
+        src = {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in batch.items()}
+        yield from _source_segments(src, window_s, limits, s3_endpoint)
+
+
+def _source_segments(src: dict, window_s: float, limits: DecodeLimits, s3_endpoint: str | None):
+    base = {k: src.get(k) for k in ("run_id", "attempt_id", "id", "task", "question", "choices")}
+    base["source"] = src["uri"]
+    emitted, position = 0, 0.0
+    try:
+        if src.get("error"):
+            raise DecodeError(*src["error"].split(": ", 1))
+        uri = src["uri"]
+        fs = _filesystem(uri.startswith("s3://"), s3_endpoint)
+        for chunk in chunk_stream(decode_stream(fs, fs_path(uri), limits), window_s):
+            row = dict(
+                base,
+                chunk_index=chunk.index,
+                start_s=chunk.start / SAMPLE_RATE,
+                end_s=chunk.end / SAMPLE_RATE,
+            )
+            row.update(last=chunk.last, status="ok", error="", audio=chunk.audio.astype("<f4").tobytes())
+            row["silent"] = bool(np.abs(chunk.audio).max(initial=0.0) < SILENCE_PEAK)
+            emitted, position = emitted + 1, row["end_s"]
+            yield pa.Table.from_pylist([row], schema=SEGMENT_SCHEMA)
+    except Exception as e:  # every failure of one source becomes its final (error) row; never the batch's
+        message = str(e) if isinstance(e, DecodeError) else f"decode_error: {type(e).__name__}: {e}"
+        row = dict(base, chunk_index=emitted, start_s=position, end_s=position, last=True, silent=False)
+        row.update(status="error", error=" ".join(message.split())[:300], audio=b"")
+        yield pa.Table.from_pylist([row], schema=SEGMENT_SCHEMA)
+
+
+def source_items(sources: list[Source], opts: RunOptions, run_id: str, attempt_id: str) -> list[dict]:
+    return [
+        {
+            "run_id": run_id,
+            "attempt_id": attempt_id,
+            "id": s.id,
+            "uri": s.uri,
+            "task": opts.task,
+            "question": s.question if s.question is not None else opts.question,
+            "choices": json.dumps(list(s.choices)) if s.choices else None,
+            "error": s.error,
+        }
+        for s in sources
+    ]
+
+
+def build_dataset(items: list[dict], opts: RunOptions, window_s: float):
+    """The lazy dataset of chunk rows (pipeline.sink.CHUNK_SCHEMA) for the listed sources."""
+    import ray
+
+    from workers.inference import InferenceWorker
+
+    limits = DecodeLimits(
+        max_duration_s=opts.max_duration_s,
+        timeout_s=opts.decode_timeout_s,
+        max_input_bytes=opts.max_input_bytes,
+    )
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 256)))
+    ds = ds.map_batches(
+        decode_and_chunk,
+        batch_size=1,
+        fn_kwargs={"window_s": window_s, "limits": limits, "s3_endpoint": opts.s3_endpoint},
+        num_cpus=1,
+    )
+    lo, hi = opts.workers
+    return ds.map_batches(
+        InferenceWorker,
+        fn_constructor_kwargs={"opts": opts},
+        compute=ray.data.ActorPoolStrategy(min_size=lo, max_size=hi),
+        batch_size=opts.batch_size,
+        num_cpus=opts.cpus_per_worker,
+        num_gpus=opts.gpus_per_worker or None,
+    )

@@ -1,0 +1,125 @@
+"""Run options (in) and run summary (out) of the batch pipeline."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+TASKS = ("asr", "qa")
+
+
+class UsageError(ValueError):
+    """A mistake in the user's request (bad flag, missing input): reported in one line, exit code 2."""
+
+
+class RunFailed(RuntimeError):
+    """The run could not proceed (unreachable input/output, model failed to load): exit code 3."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    input: str
+    output: str
+    model: str = "tiny-random"
+    method: str = "headrouter"
+    retain: float = 0.6
+    task: str = "asr"
+    question: str | None = None
+    workers: tuple[int, int] = (1, 2)
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 0.5
+    batch_size: int = 4
+    max_new_tokens: int = 64
+    max_error_fraction: float = 0.1
+    retry_errors: bool = False
+    s3_endpoint: str | None = None
+    address: str | None = None
+    run_id: str | None = None
+    window_s: float | None = None  # cap on chunk length; None: the model's window
+    max_duration_s: float = 12 * 3600.0  # per source; longer sources become error rows
+    decode_timeout_s: float = 3600.0  # wall time for decoding one source
+    max_input_bytes: int = 8 << 30  # per source
+    device: str = "cpu"
+    metrics_port: int | None = None
+    pushgateway: str | None = None
+    job_name: str = "headrouter-batch"
+    progress_s: float = 5.0
+
+    def validate(self) -> RunOptions:
+        """Raise UsageError for values no run could use; return self."""
+        if self.task not in TASKS:
+            raise UsageError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.task == "qa" and not self.question and not _looks_like_manifest(self.input):
+            raise UsageError("--task qa needs --question (or a manifest with a 'question' column)")
+        from headrouter.options import METHODS
+
+        if self.method not in METHODS:
+            raise UsageError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if not 0.0 < self.retain <= 1.0:
+            raise UsageError(f"--retain must be in (0, 1], got {self.retain}")
+        lo, hi = self.workers
+        if lo < 1 or hi < lo:
+            raise UsageError(f"--workers must be MIN..MAX with 1 <= MIN <= MAX, got {lo}..{hi}")
+        if self.gpus_per_worker < 0 or self.cpus_per_worker < 0:
+            raise UsageError("--gpus-per-worker and --cpus-per-worker must be >= 0")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if not 0.0 <= self.max_error_fraction <= 1.0:
+            raise UsageError(f"--max-error-fraction must be in [0, 1], got {self.max_error_fraction}")
+        if self.window_s is not None and self.window_s < 1.0:
+            raise UsageError(f"--window-s must be >= 1 second, got {self.window_s}")
+        if self.run_id is not None and not _safe_run_id(self.run_id):
+            raise UsageError("--run-id may hold only letters, digits, '.', '_' and '-'")
+        return self
+
+    def replace(self, **changes) -> RunOptions:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_id: str
+    output: str
+    files_listed: int = 0
+    files_skipped: int = 0  # already complete in earlier runs
+    files_ok: int = 0
+    files_failed: int = 0
+    chunks: int = 0
+    audio_s: float = 0.0
+    wall_s: float = 0.0
+    audio_tokens: int = 0
+    kept_tokens: int = 0
+    alpha_semantic: float | None = None
+    alpha_uniform: float | None = None
+    alpha_acoustic: float | None = None
+    errors: dict = dataclasses.field(default_factory=dict)  # error kind -> count
+    exit_code: int = 0
+
+    @property
+    def rtf(self) -> float | None:
+        """Real-time factor: wall seconds per second of audio (lower is faster)."""
+        return self.wall_s / self.audio_s if self.audio_s > 0 else None
+
+    @property
+    def error_fraction(self) -> float:
+        done = self.files_ok + self.files_failed
+        return self.files_failed / done if done else 0.0
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["rtf"] = self.rtf
+        d["error_fraction"] = self.error_fraction
+        return d
+
+
+def _looks_like_manifest(uri: str) -> bool:
+    return uri.lower().endswith((".jsonl", ".csv", ".parquet"))
+
+
+def _safe_run_id(run_id: str) -> bool:
+    return (
+        bool(run_id)
+        and len(run_id) <= 128
+        and all(c.isalnum() or c in "._-" for c in run_id)
+        and run_id[0] != "."
+    )
