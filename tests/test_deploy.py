@@ -282,6 +282,12 @@ def test_entrypoint_sizing_matches_the_worker_pods():
         for template in _pod_templates({"spec": spec}):
             images |= {c["image"] for c in template["spec"]["containers"]}
     assert len(images) == 1, images
+    cache = re.search(r"HEADROUTER_CACHE=(\S+)", (ROOT / "deploy" / "Dockerfile").read_text()).group(1)
+    # the model cache lives on the pod's scratch volume, not in the image layer
+    for where, spec in _cluster_specs():
+        for group in spec["workerGroupSpecs"]:
+            mounts = group["template"]["spec"]["containers"][0]["volumeMounts"]
+            assert any(cache.startswith(m["mountPath"].rstrip("/") + "/") for m in mounts), where
     for where, argv in _commands():
         gpus = float(argv[argv.index("--gpus-per-worker") + 1])
         assert 0 < gpus <= 1, where
