@@ -75,10 +75,11 @@ def check_audio(audio, index: int, window_s: float, sample_rate: int | None = No
         raise AudioInputError(
             f"{where}: {arr.size / SAMPLE_RATE * 1000:.1f} ms is shorter than one audio token (40 ms)"
         )
-    if arr.size > round(window_s * SAMPLE_RATE):
+    limit = round(window_s * SAMPLE_RATE)
+    if arr.size > limit:
         raise AudioInputError(
-            f"{where}: {arr.size / SAMPLE_RATE:.2f} s is longer than the model window of {window_s:g} s "
-            "(split it into chunks first)"
+            f"{where}: {arr.size} samples ({arr.size / SAMPLE_RATE:.2f} s) is longer than the model window of "
+            f"{window_s:g} s ({limit} samples); split it into chunks first"
         )
     return arr
 
