@@ -26,6 +26,7 @@ import os
 import posixpath
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -146,14 +147,14 @@ def _one_window(opts, base, out_fs, store, state, arrivals, night, cutoff, run_j
         _iso(watermark),
         _iso(cutoff),
     )
-    run_id = f"nightly-{night}-{time.strftime('%H%M%S', time.gmtime())}"
+    run_id = _run_id(night)
     summaries = []
     if uris:
         state["pending"] = {"night": night, "cutoff": cutoff}
         store.save(state)
         manifest = store.write_manifest(night, uris)
         run = base.replace(input=to_uri(out_fs, manifest), output=_join(opts.output, night), run_id=run_id)
-        summary = run_job(run)
+        summary = _run_pipeline(run_job, run, opts.commit_every_s)
         summaries.append(summary)
         if summary.exit_code != 0:
             log.error(
@@ -182,7 +183,7 @@ def _run_partitions(opts, base, in_fs, out_fs, store, state, run_job) -> Nightly
     log.info("night %s: partitions to process: %s", night, ", ".join(todo) or "none")
     summaries = []
     for day in todo:
-        run_id = f"nightly-{day}-{time.strftime('%H%M%S', time.gmtime())}"
+        run_id = _run_id(day)
         run = base.replace(input=_join(opts.input, day) + "/", output=_join(opts.output, day), run_id=run_id)
         summary = _run_pipeline(run_job, run, opts.commit_every_s)
         summaries.append(summary)
@@ -193,7 +194,7 @@ def _run_partitions(opts, base, in_fs, out_fs, store, state, run_job) -> Nightly
         _record(state, day, run_id, summary.files_listed, [summary])
         store.save(state)
     if not todo:
-        _push_empty_success(base, f"nightly-{night}-{time.strftime('%H%M%S', time.gmtime())}")
+        _push_empty_success(base, _run_id(night))
     return NightlyResult(night, 0, tuple(todo), tuple(summaries), state)
 
 
@@ -321,6 +322,10 @@ def _push_empty_success(run: RunOptions, run_id: str) -> None:
         run.job_name, run_id, run.model, run.method, run.task, gateway=run.pushgateway, served=False
     )
     metrics.finish(success=True, duration_s=0.0)
+
+
+def _run_id(night: str) -> str:
+    return f"nightly-{night}-{time.strftime('%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
 
 
 def _day_end(day: date) -> int:

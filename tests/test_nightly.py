@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -18,6 +23,7 @@ from jobs.nightly import (
     select_partitions,
 )
 from pipeline.options import RunFailed, RunOptions, RunSummary, UsageError
+from tests.fixtures.audio import REPO, bursts, write_wav
 
 DAY1 = date(2026, 11, 26)
 DAY2 = date(2026, 11, 27)
@@ -189,3 +195,128 @@ def test_partition_mode_processes_each_closed_day_once_in_order(tmp_path):
     assert _state(out)["watermark"] == "2026-11-27"
     assert run_nightly(_opts(archive, out, DAY3, by="partition"), run_job=pipe).selected == ("2026-11-28",)
     assert _state(out)["watermark"] == "2026-11-28"
+
+
+def _pushed(gateway: str, job: str) -> dict[str, set[str]]:
+    """metric name -> run_ids pushed under `job` (Pushgateway's own /metrics)."""
+    with urllib.request.urlopen(f"{gateway}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    found: dict[str, set[str]] = {}
+    for name, labels in re.findall(r"^(headrouter_run_\w+)\{([^}]*)\}", text, re.M):
+        if f'job="{job}"' in labels:
+            found.setdefault(name, set()).add(re.search(r'run_id="([^"]+)"', labels).group(1))
+    return found
+
+
+def test_nights_push_outcomes_and_only_successes_set_last_success(tmp_path, prometheus_stack):
+    archive, out, pipe = tmp_path / "archive", tmp_path / "out", FakePipeline()
+    job = f"test-nightly-{os.getpid()}-{tmp_path.name}"
+    run = RunOptions(str(archive), str(out), pushgateway=prometheus_stack.pushgateway, job_name=job)
+    _add(archive, "a.wav", DAY1)
+    pipe.fail_next = 1
+    failed = run_nightly(_opts(archive, out, DAY1, run=run), run_job=pipe)
+    empty = run_nightly(_opts(archive, out, DAY1, run=run), run_job=FakePipeline())  # retries, now ok
+    assert failed.exit_code == 1 and empty.exit_code == 0
+    quiet = run_nightly(_opts(archive, out, DAY2, run=run), run_job=pipe)  # nothing new: still a success
+    assert quiet.selected == ()
+    pushed = _pushed(prometheus_stack.pushgateway, job)
+    failed_id, ok_id = failed.summaries[0].run_id, empty.summaries[0].run_id
+    assert failed_id in pushed["headrouter_run_success"] and ok_id in pushed["headrouter_run_success"]
+    last = pushed["headrouter_run_last_success_timestamp_seconds"]
+    assert failed_id not in last and ok_id in last and len(last) == 2  # the quiet night pushed its own
+
+
+# --- two nights over a growing archive on the S3 server, the real pipeline and a model fetched from S3 ---------
+
+
+def _night(s3_server, stack, cache, night: date) -> tuple[int, str]:
+    """`python -m jobs.nightly` as the Kubernetes job runs it (own embedded Ray, model from S3)."""
+    env = dict(
+        os.environ,
+        AWS_ENDPOINT_URL=s3_server.endpoint,
+        HEADROUTER_CACHE=str(cache),
+        RAY_USAGE_STATS_ENABLED="0",
+    )
+    env.pop("RAY_ADDRESS", None)
+    env["PATH"] = f"{os.path.dirname(sys.executable)}{os.pathsep}{env['PATH']}"
+    argv = [
+        sys.executable, "-m", "jobs.nightly", "--input", "s3://nightly-archive/incoming/",
+        "--output", "s3://nightly-results/nightly/", "--date", night.isoformat(), "--settle-seconds", "0",
+        "--model", "s3://nightly-models/tiny/", "--workers", "1", "--cpus-per-worker", "0.25", "--batch-size", "2",
+        "--s3-endpoint", s3_server.endpoint, "--pushgateway", stack.pushgateway,
+    ]  # fmt: skip
+    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def _upload_wavs(s3_server, tmp_path, names):
+    client = s3_server.client()
+    for n, name in enumerate(names):
+        path = write_wav(tmp_path / name, bursts(1.0 + 0.25 * n, seed=n)[0])
+        client.upload_file(str(path), "nightly-archive", f"incoming/{name}")
+    time.sleep(1.1)  # LastModified has one-second resolution: let the storage clock pass these uploads
+
+
+@pytest.mark.slow
+def test_two_nights_on_s3_take_only_new_files_and_rerunning_a_night_is_a_no_op(
+    s3_server, prometheus_stack, tmp_path
+):
+    from headrouter.tiny import tiny_path
+    from pipeline import read_results
+    from pipeline.resume import read_parts
+    from pipeline.sink import FILE_SCHEMA
+    from pipeline.sources import make_filesystem
+
+    for bucket in ("nightly-archive", "nightly-results", "nightly-models"):
+        s3_server.create_bucket(bucket)
+    s3_server.upload_dir(tiny_path("tiny-random"), "nightly-models", "tiny")
+    cache = tmp_path / "node-cache"
+    today = datetime.now(UTC).date()
+    out = "s3://nightly-results/nightly"
+
+    _upload_wavs(s3_server, tmp_path, ["a.wav", "b.wav"])
+    code, log = _night(s3_server, prometheus_stack, cache, today)
+    assert code == 0, log[-3000:]
+    night1 = read_results(f"{out}/{today}", s3_server.endpoint).files
+    assert sorted(night1.column("source").to_pylist()) == [
+        "s3://nightly-archive/incoming/a.wav",
+        "s3://nightly-archive/incoming/b.wav",
+    ]
+    assert set(night1.column("status").to_pylist()) == {"ok"}
+    fetched = sorted(p for p in cache.rglob("*") if p.is_file())
+    assert any(p.name == "model.safetensors" for p in fetched), (
+        "the model was not fetched into the node cache"
+    )
+    stamps = {p: p.stat().st_mtime_ns for p in fetched}
+
+    _upload_wavs(s3_server, tmp_path, ["c.wav"])
+    tomorrow = today + timedelta(days=1)
+    code, log = _night(s3_server, prometheus_stack, cache, tomorrow)
+    assert code == 0, log[-3000:]
+    night2 = read_results(f"{out}/{tomorrow}", s3_server.endpoint).files
+    assert night2.column("source").to_pylist() == ["s3://nightly-archive/incoming/c.wav"]
+    assert {p: p.stat().st_mtime_ns for p in fetched} == stamps, "the cached model was fetched again"
+
+    fs = make_filesystem(out, s3_server.endpoint)
+    state_before = fs.open_input_stream("nightly-results/nightly/_nightly/state.json").read()
+    code, log = _night(s3_server, prometheus_stack, cache, tomorrow)  # the same night again
+    assert code == 0 and "0 selected" in log, log[-3000:]
+    raw = [
+        read_parts(fs, f"nightly-results/nightly/{day}/files", FILE_SCHEMA).column("source").to_pylist()
+        for day in (today, tomorrow)
+    ]
+    assert sorted(raw[0] + raw[1]) == [
+        f"s3://nightly-archive/incoming/{n}" for n in ("a.wav", "b.wav", "c.wav")
+    ]
+    state = json.loads(fs.open_input_stream("nightly-results/nightly/_nightly/state.json").read())
+    # night 2 is not over yet, so the rerun moved its cutoff on (to the storage clock), never back
+    assert state["watermark"] >= json.loads(state_before)["watermark"] and "pending" not in state
+    assert [h["files"] for h in state["history"]] == [2, 1, 0]
+
+    # every night, the no-op included, pushed a last-success timestamp for the nightly job
+    with urllib.request.urlopen(f"{prometheus_stack.pushgateway}/metrics", timeout=10) as r:
+        pushed = r.read().decode()
+    successes = re.findall(
+        r'headrouter_run_last_success_timestamp_seconds\{[^}]*job="headrouter-nightly"[^}]*\}', pushed
+    )
+    assert len({re.search(r'run_id="([^"]+)"', s).group(1) for s in successes}) == 3, successes
