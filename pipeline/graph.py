@@ -63,11 +63,10 @@ def _filesystem(s3: bool, endpoint: str | None):
 
 
 def decode_and_chunk(
-    batch: dict[str, np.ndarray], window_s: float, limits: DecodeLimits, s3_endpoint: str | None
+    batch: pa.Table, window_s: float, limits: DecodeLimits, s3_endpoint: str | None
 ) -> Iterator[pa.Table]:
     """CPU stage: for each listed source, yield its chunks one at a time; a bad source yields one error row."""
-    for i in range(len(batch["id"])):
-        src = {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in batch.items()}
+    for src in batch.to_pylist():
         yield from _source_segments(src, window_s, limits, s3_endpoint)
 
 
@@ -129,6 +128,7 @@ def build_dataset(items: list[dict], opts: RunOptions, window_s: float):
     ds = ds.map_batches(
         decode_and_chunk,
         batch_size=1,
+        batch_format="pyarrow",
         fn_kwargs={"window_s": window_s, "limits": limits, "s3_endpoint": opts.s3_endpoint},
         num_cpus=1,
     )
@@ -138,6 +138,7 @@ def build_dataset(items: list[dict], opts: RunOptions, window_s: float):
         fn_constructor_kwargs={"opts": opts},
         compute=ray.data.ActorPoolStrategy(min_size=lo, max_size=hi),
         batch_size=opts.batch_size,
+        batch_format="pyarrow",
         num_cpus=opts.cpus_per_worker,
         num_gpus=opts.gpus_per_worker or None,
     )

@@ -199,8 +199,9 @@ def test_decode_stage_turns_each_bad_source_into_one_error_row(hostile_audio, tm
     items = source_items(sources, RunOptions(input="x", output="y"), "r1", "a1")
     rows = []
     for item in items:
-        batch = {k: np.array([v], dtype=object) for k, v in item.items()}
-        for t in decode_and_chunk(batch, window_s=10.0, limits=DecodeLimits(), s3_endpoint=None):
+        for t in decode_and_chunk(
+            pa.Table.from_pylist([item]), window_s=10.0, limits=DecodeLimits(), s3_endpoint=None
+        ):
             assert t.schema == SEGMENT_SCHEMA
             rows += t.to_pylist()
     by_id: dict[str, list] = {}

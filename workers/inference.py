@@ -63,9 +63,11 @@ class InferenceWorker:
         self.node_id = _node_id()
         self._metrics = chunk_metrics()
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        n = len(batch["id"])
-        rows = [{k: _scalar(v[i]) for k, v in batch.items()} for i in range(n)]
+    def __call__(self, batch: pa.Table | dict[str, np.ndarray]) -> pa.Table:
+        if isinstance(batch, pa.Table):
+            rows = batch.to_pylist()
+        else:
+            rows = [{k: _scalar(v[i]) for k, v in batch.items()} for i in range(len(batch["id"]))]
         try:
             out = self.infer(rows)
         except Exception as e:  # a bug here must still not abort the dataset: mark the whole batch
