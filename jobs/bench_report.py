@@ -1,0 +1,275 @@
+"""Targets of issue 8 checked against the benchmark's results, and the Markdown report."""
+
+from __future__ import annotations
+
+__all__ = ["render_markdown", "targets"]
+
+MIB = 2**20
+
+
+def _longest(rows: list[dict]) -> int | None:
+    return max((r["audio_tokens"] for r in rows), default=None)
+
+
+def _target(name: str, measured: str, met: bool | None, note: str = "") -> dict:
+    return {"target": name, "measured": measured, "met": met, "note": note}
+
+
+def targets(res: dict) -> list[dict]:
+    """One entry per target of the issue: what was measured and whether it is met (None: not measured)."""
+    out = []
+    pre = res.get("prefill") or []
+    n = _longest(pre)
+    eff = [
+        r for r in pre if r["audio_tokens"] == n and r["retain"] in (0.4, 0.1) and r["method"] != "vanilla"
+    ]
+    if eff:
+        hr = [r for r in eff if r["method"] == "headrouter"]
+        worst = min(hr or eff, key=lambda r: r["efficiency"])
+        others = ", ".join(f"{r['method']}@{r['retain']}: {r['efficiency']:.2f}" for r in eff if r not in hr)
+        out.append(
+            _target(
+                f"efficiency >= 0.9 at retain 0.4 and 0.1 on {n} tokens",
+                ", ".join(f"headrouter@{r['retain']}: {r['efficiency']:.2f}" for r in hr),
+                worst["efficiency"] >= 0.9,
+                f"others: {others}" if others else "",
+            )
+        )
+    hr_rows = [r for r in pre if r["method"] == "headrouter"]
+    if hr_rows:
+        worst = max(hr_rows, key=lambda r: r["prune_share_of_vanilla"])
+        per_len = {}
+        for r in hr_rows:
+            per_len[r["audio_tokens"]] = max(per_len.get(r["audio_tokens"], 0.0), r["prune_share_of_vanilla"])
+        out.append(
+            _target(
+                "routing overhead <= 1% of vanilla prefill",
+                ", ".join(f"{k} tokens: {v:.2%}" for k, v in sorted(per_len.items())),
+                worst["prune_share_of_vanilla"] <= 0.01,
+                "worst retain per length; probe + routing + selection + slicing at layer M",
+            )
+        )
+    mem = res.get("memory") or []
+    if mem:
+        peak = {(r["method"], r["retain"]): r["peak_bytes"] for r in mem}
+        van = peak.get(("vanilla", 1.0))
+        pairs = [(r, peak.get(("fastv", r))) for m, r in peak if m == "headrouter"]
+        parts, below_fastv, below_van = [], True, True
+        for retain, fv in pairs:
+            hr = peak[("headrouter", retain)]
+            parts.append(
+                f"retain {retain}: headrouter {hr / MIB:.0f} MiB, fastv "
+                f"{fv / MIB:.0f} MiB, vanilla {van / MIB:.0f} MiB"
+                if fv is not None
+                else f"retain {retain}: headrouter {hr / MIB:.0f} MiB, vanilla {van / MIB:.0f} MiB"
+            )
+            below_fastv = below_fastv and fv is not None and hr < fv
+            below_van = below_van and hr <= van
+        out.append(
+            _target(
+                "HeadRouter prefill peak memory below FastV's, never above vanilla's",
+                "; ".join(parts),
+                below_fastv and below_van,
+                "our FastV scores the last query against cached keys (no attention weights materialized), "
+                "so it needs no more memory than the other methods; see the eager-weights column",
+            )
+        )
+    pipe = res.get("pipeline")
+    if pipe:
+        one = next((r for r in pipe["ray"] if r["actors"] == 1), pipe["ray"][0])
+        out.append(
+            _target(
+                "pipeline overhead <= 10% of model time",
+                f"1 actor: {one['overhead_vs_model']:+.0%} vs generate alone, "
+                f"{one['overhead_vs_model_and_load']:+.0%} vs generate + model load",
+                one["overhead_vs_model"] <= 0.10,
+                f"Ray started beforehand ({pipe['ray_init_s']:.1f} s, not counted)",
+            )
+        )
+    rtf = res.get("stage_rtf")
+    if rtf:
+        worst = min(rtf, key=lambda r: r["rtf_cpu"])
+        out.append(
+            _target(
+                "decode + chunk + features >= 100x real time per core",
+                ", ".join(
+                    f"{r['format']}: {r['rtf_cpu']:.0f}x (CPU time), {r['rtf_wall']:.0f}x (wall)" for r in rtf
+                ),
+                worst["rtf_cpu"] >= 100,
+                "one thread; CPU time includes an ffmpeg child if one ran",
+            )
+        )
+    dm = res.get("decode_memory")
+    if dm and len(dm) > 1:
+        first, last = dm[0], dm[-1]
+        ratio = last["peak_rss_bytes"] / first["peak_rss_bytes"]
+        out.append(
+            _target(
+                f"worker peak memory for {last['minutes']:g} min within 10% of {first['minutes']:g} min",
+                f"{first['peak_rss_bytes'] / MIB:.0f} MiB -> {last['peak_rss_bytes'] / MIB:.0f} MiB ({ratio - 1:+.1%})",
+                ratio <= 1.10,
+                "decode-and-chunk stage (pipeline.graph.decode_and_chunk) in a fresh process",
+            )
+        )
+    return out
+
+
+# ---- Markdown ------------------------------------------------------------------------------------------------
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _met(v: bool | None) -> str:
+    return "not measured" if v is None else ("met" if v else "**missed**")
+
+
+def render_markdown(res: dict) -> str:
+    m = res["machine"]
+    where = m.get("gpu") or f"{m['cpu']} ({m['cpu_count']} cores, {m['torch_threads']} torch threads)"
+    parts = [
+        "# HeadRouter benchmark\n",
+        f"`{res['command']}` — {res['started']}, {res['duration_s']:.0f} s, on {where}, "
+        f"torch {m['torch']}, transformers {m['transformers']}, commit {m.get('git_commit', '?')}. "
+        f"Load average {m['loadavg_start'][0]:.1f} at start, {m['loadavg_end'][0]:.1f} at end "
+        "(the machine is shared).\n",
+    ]
+    if res.get("targets"):
+        parts.append("\n## Targets\n\n")
+        parts.append(
+            _table(
+                ["target", "measured", "result", "note"],
+                [[t["target"], t["measured"], _met(t["met"]), t["note"]] for t in res["targets"]],
+            )
+        )
+    shape = res.get("shape")
+    if shape:
+        t = shape["text"]
+        parts.append(
+            f"\n## Prefill\n\nModel: Qwen2.5-Omni thinker, {t['layers']} layers, hidden {t['hidden']}, "
+            f"{t['heads']} heads / {t['kv_heads']} KV heads (head_dim {t['head_dim']}), MLP {t['intermediate']}, "
+            f"vocab {t['vocab']}, {shape['params'] / 1e6:.0f} M parameters, {shape['dtype']} on {shape['device']}, "
+            f"dummy weights, pruning at layer {shape['layer']}. Speed-up = median over rounds of vanilla / method "
+            "time in the same round; bound = FLOP ratio (jobs/bench_flops.py); efficiency = speed-up / bound; "
+            "hook = time inside the pruning pre-hook of layer M.\n\n"
+        )
+    pre = res.get("prefill") or []
+    if pre:
+        rows = [
+            [
+                r["audio_tokens"],
+                r["method"],
+                r["retain"],
+                f"{r['kept_len']}/{r['seq_len']}",
+                f"{r['median_s']:.3f}",
+                f"{r['speedup']:.2f}x",
+                f"{r['flop_bound']:.2f}x",
+                f"{r['efficiency']:.2f}",
+                f"{r['prune_hook_s'] * 1e3:.1f}",
+                f"{r['prune_share_of_vanilla']:.2%}",
+                f"{r['kv_bytes_kept'] / MIB:.1f}",
+            ]
+            for r in pre
+        ]
+        header = ["audio tokens", "method", "retain", "kept/total", "median s", "speed-up", "FLOP bound"]
+        header += ["efficiency", "hook ms", "hook / vanilla", "KV MiB"]
+        parts.append(_table(header, rows))
+    fsb = res.get("full_size_bounds")
+    if fsb:
+        parts.append(
+            "\n### Analytical bounds at full size (Qwen2.5-Omni-3B, not measured)\n\n"
+            "The audio encoder (Whisper-large-v3-like, 32 layers, d_model 1280) runs before the LLM and pruning "
+            "does not reduce it.\n\n"
+        )
+        rows = [
+            [
+                r["audio_tokens"],
+                r["retain"],
+                f"{r['llm_tflop_vanilla']:.1f}",
+                f"{r['encoder_tflop']:.1f}",
+                f"{r['encoder_share_of_vanilla']:.0%}",
+                f"{r['llm_bound']:.2f}x",
+                f"{r['end_to_end_bound']:.2f}x",
+            ]
+            for r in fsb
+        ]
+        header = ["audio tokens", "retain", "LLM TFLOP", "encoder TFLOP", "encoder share"]
+        header += ["LLM bound", "with encoder"]
+        parts.append(_table(header, rows))
+    mem = res.get("memory") or []
+    if mem:
+        parts.append(
+            f"\n## Memory ({mem[0]['audio_tokens']} audio tokens, {mem[0]['kind']})\n\n"
+            "Peak = the process's peak during the prefill (weights included); extra = peak minus the memory held "
+            "just before it. Eager weights = one layer's [H, T, T] attention weights, what a FastV that reads "
+            "attention weights must materialize (computed, not measured).\n\n"
+        )
+        rows = [
+            [
+                r["method"],
+                r["retain"],
+                f"{r['kv_bytes_full'] / MIB:.1f}",
+                f"{r['kv_bytes_kept'] / MIB:.1f}",
+                f"{r['peak_bytes'] / MIB:.0f}",
+                f"{r['prefill_extra_bytes'] / MIB:.0f}",
+                f"{r['eager_attention_weights_bytes'] / MIB:.0f}",
+            ]
+            for r in mem
+        ]
+        header = ["method", "retain", "KV MiB unpruned", "KV MiB kept", "peak MiB", "extra MiB"]
+        header += ["eager weights MiB"]
+        parts.append(_table(header, rows))
+    pipe = res.get("pipeline")
+    if pipe:
+        a = pipe["model_alone"]
+        parts.append(
+            f"\n## Pipeline ({pipe['files']} files x {pipe['seconds_per_file']:g} s, model {pipe['model']}, "
+            f"{pipe['method']} retain {pipe['retain']}, max_new_tokens {pipe['max_new_tokens']})\n\n"
+            f"Model alone (generate on the same chunks, batch {pipe['batch_size']}): {a['wall_s']:.1f} s, "
+            f"{a['audio_s_per_wall_s']:.0f} audio s per wall s (model load {a['load_s']:.1f} s, not counted). "
+            f"Ray started beforehand in {pipe['ray_init_s']:.1f} s.\n\n"
+        )
+        rows = [
+            [
+                r["actors"],
+                f"{r['wall_s']:.1f}",
+                f"{r['audio_s_per_wall_s']:.0f}",
+                f"{r['overhead_vs_model']:+.0%}",
+                f"{r['overhead_vs_model_and_load']:+.0%}",
+                f"{r['files_ok']}/{r['files_ok'] + r['files_failed']}",
+            ]
+            for r in pipe["ray"]
+        ]
+        header = ["actors", "wall s", "audio s / wall s", "vs model alone", "vs model + load", "files ok"]
+        parts.append(_table(header, rows))
+    rtf = res.get("stage_rtf")
+    if rtf:
+        parts.append("\n### Decode + chunk + features, one thread\n\n")
+        rows = [
+            [
+                r["format"],
+                r["source"],
+                f"{r['audio_s']:.0f}",
+                f"{r['cpu_s']:.2f}",
+                f"{r['rtf_cpu']:.0f}x",
+                f"{r['rtf_wall']:.0f}x",
+            ]
+            for r in rtf
+        ]
+        parts.append(_table(["format", "source", "audio s", "CPU s", "RTF (CPU time)", "RTF (wall)"], rows))
+    dm = res.get("decode_memory")
+    if dm:
+        parts.append("\n### Decode-and-chunk stage peak memory vs input length (fresh process each)\n\n")
+        rows = [
+            [
+                f"{r['minutes']:g}",
+                r["chunks"],
+                f"{r['file_bytes'] / MIB:.1f}",
+                f"{r['peak_rss_bytes'] / MIB:.0f}",
+                f"{r['peak_vs_first']:.2f}",
+            ]
+            for r in dm
+        ]
+        parts.append(_table(["minutes", "chunks", "file MiB", "peak RSS MiB", "vs shortest"], rows))
+    return "".join(parts)
