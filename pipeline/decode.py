@@ -108,11 +108,12 @@ def _soundfile_blocks(fs, path, limits: DecodeLimits, deadline: float) -> Iterat
     """A block generator when libsndfile recognises the file, else None (caller falls back to ffmpeg)."""
     import soundfile as sf
 
-    f = _open(fs, path)
+    f = _ReadGuard(_open(fs, path))
     try:
         snd = sf.SoundFile(f)
-    except Exception:  # libsndfile cannot parse it: let ffmpeg try
+    except Exception:  # libsndfile cannot parse it: let ffmpeg try, unless reading itself failed
         f.close()
+        f.check()
         return None
     if snd.samplerate <= 0 or snd.channels <= 0:
         snd.close()
@@ -121,7 +122,42 @@ def _soundfile_blocks(fs, path, limits: DecodeLimits, deadline: float) -> Iterat
     return _read_soundfile(snd, f, limits)
 
 
-def _read_soundfile(snd, f, limits: DecodeLimits) -> Iterator[np.ndarray]:
+class _ReadGuard:
+    """A source file handed to libsndfile that remembers the first read error. soundfile's I/O callbacks
+    swallow exceptions, so a failed read (the store gone half way) would look like the end of the file and
+    a truncated source would come out 'ok'."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def _guard(self, fn, *args):
+        try:
+            return fn(*args)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def read(self, n=-1):
+        return self._guard(self.f.read, n)
+
+    def readinto(self, buf):
+        return self._guard(self.f.readinto, buf)
+
+    def seek(self, offset, whence=0):
+        return self._guard(self.f.seek, offset, whence)
+
+    def tell(self):
+        return self.f.tell()
+
+    def close(self):
+        self.f.close()
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise _os_error(self.error)
+
+
+def _read_soundfile(snd, f: _ReadGuard, limits: DecodeLimits) -> Iterator[np.ndarray]:
     import soxr
 
     sr = snd.samplerate
@@ -132,7 +168,9 @@ def _read_soundfile(snd, f, limits: DecodeLimits) -> Iterator[np.ndarray]:
             try:
                 data = snd.read(blocksize, dtype="float32", always_2d=True)  # [n, channels]
             except Exception as e:
+                f.check()
                 raise DecodeError("decode_error", " ".join(str(e).split())[:200]) from None
+            f.check()  # a short block may be a failed read, not the end of the file
             mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]  # [n]
             last = data.shape[0] < blocksize
             if resampler is not None:
@@ -162,7 +200,13 @@ def _ffmpeg_blocks(fs, path, limits: DecodeLimits, deadline: float) -> Iterator[
 def _spool(fs, path: str, dest: str, max_bytes: int) -> None:
     n = 0
     with _open(fs, path) as src, open(dest, "wb") as out:
-        while chunk := src.read(1 << 20):
+        while True:
+            try:
+                chunk = src.read(1 << 20)
+            except OSError as e:
+                raise _os_error(e) from None
+            if not chunk:
+                return
             n += len(chunk)
             if n > max_bytes:
                 raise DecodeError("too_large", f"more than {max_bytes} bytes")
