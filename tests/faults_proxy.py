@@ -1,7 +1,8 @@
 """A fault-injecting HTTP proxy on 127.0.0.1 in front of an S3 server (moto) for reliability tests.
 
 Clients use the proxy's URL as their S3 endpoint. Normally it forwards every request unchanged; `inject()` makes it
-answer matching requests with 500 / 503 (S3-style XML error bodies, which SDKs retry), drop the connection
+answer matching requests with 500 / 503 (S3-style XML error bodies, which SDKs retry) or 404 NoSuchKey (the
+object deleted under the reader, not retried), drop the connection
 before answering, or cut the response body short, for the next N matching requests or for a stretch of seconds.
 """
 
@@ -15,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-MODES = ("500", "503", "drop", "truncate")
+MODES = ("500", "503", "404", "drop", "truncate")
 _HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"}
 
 
@@ -131,7 +132,7 @@ class FaultProxy:
                 return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
             def _error(self, status: int) -> None:
-                code = "InternalError" if status == 500 else "SlowDown"
+                code = {500: "InternalError", 503: "SlowDown", 404: "NoSuchKey"}[status]
                 body = (
                     f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
                     f"<Message>injected fault</Message><RequestId>fault</RequestId></Error>"
@@ -152,7 +153,7 @@ class FaultProxy:
             def _forward(self, method: str) -> None:
                 body = self._body()
                 fault = proxy._pick(method, self.path)
-                if fault is not None and fault.mode in ("500", "503"):
+                if fault is not None and fault.mode in ("500", "503", "404"):
                     self._error(int(fault.mode))
                     return
                 if fault is not None and fault.mode == "drop":

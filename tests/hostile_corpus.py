@@ -148,7 +148,7 @@ def corpus() -> list[Hostile]:
         Hostile("nan_float", "nan.wav", _bytes(_nan_wav(float("nan"))), ("invalid_samples",)),
         Hostile("inf_float", "inf.wav", _bytes(_nan_wav(float("inf"))), ("invalid_samples",)),
         Hostile(
-            "giga_header", "giga_header.wav", _bytes(wav_header(4_000_000_000) + b"\x01\x00" * 20), short
+            "giga_header", "giga_header.wav", _bytes(wav_header(4_000_000_000) + b"\x00\x40" * 20), short
         ),
         Hostile(
             "absurd_rate",

@@ -133,3 +133,28 @@ def _children_named(name: str) -> list[int]:
         if comm == name and int(rest[1]) == os.getpid() and rest[0] != "Z":
             found.append(int(entry))
     return found
+
+
+@pytest.mark.parametrize("mode", ["404"])  # "503" takes the same path after ~50 s of SDK retries
+def test_store_failing_mid_file_is_an_error_not_a_short_ok(s3_server, mode):
+    """libsndfile's read callback swallows exceptions (a failed read looks like the end of the file): a
+    source whose store fails half way must come out as an error, never as a shorter 'ok' transcript."""
+    from pipeline.sources import make_filesystem
+    from tests.faults_proxy import FaultProxy
+    from tests.hostile_corpus import wav_bytes
+
+    s3 = s3_server.client()
+    bucket = f"midfail-{mode}"
+    s3_server.create_bucket(bucket)
+    s3.put_object(Bucket=bucket, Key="long.wav", Body=wav_bytes(tone(40.0)))
+    with FaultProxy(int(s3_server.endpoint.rsplit(":", 1)[1])) as proxy:
+        fs = make_filesystem(f"s3://{bucket}", proxy.url)
+        got = 0.0
+        with pytest.raises(DecodeError) as failed:
+            for i, block in enumerate(decode_stream(fs, f"{bucket}/long.wav", DecodeLimits(block_s=5))):
+                got += block.size / SAMPLE_RATE
+                if i == 1:  # 10 s decoded: from now on the store refuses every read of this object
+                    proxy.inject(mode, methods=("GET",), path="long.wav", count=10**6)
+        assert proxy.stats.faults.get(mode, 0) > 0
+    assert failed.value.kind in ("read_error", "not_found"), str(failed.value)
+    assert got < 40.0
