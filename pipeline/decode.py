@@ -96,6 +96,7 @@ def _os_error(e: OSError) -> DecodeError:
         isinstance(e, PermissionError)
         or "access denied" in low
         or "accessdenied" in low
+        or "access_denied" in low  # pyarrow's S3 errors: "AWS Error ACCESS_DENIED during GetObject"
         or "forbidden" in low
     ):
         return DecodeError("permission_denied", "not allowed to read the source")
