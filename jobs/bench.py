@@ -31,6 +31,7 @@ from jobs.bench_flops import (
     OMNI_3B_TEXT,
     audio_encoder_flops,
     prefill_flops,
+    probe_flops,
     speedup_bound,
 )
 
@@ -48,10 +49,19 @@ class Plan:
     hidden: int = 256
     layers: int = 36
     lengths: tuple[int, ...] = (1500, 7500)
-    rounds: tuple[int, ...] = (5, 3)  # per length
+    rounds: tuple[int, ...] = (3, 2)  # per length; 7500 tokens cost ~25 s per vanilla prefill here
     memory_length: int = 7500
-    memory_retains: tuple[float, ...] = (0.4, 0.1)
-    memory_methods: tuple[str, ...] = METHODS
+    # (method, retain) pairs measured after vanilla; FastV and HeadRouter are the issue's comparison
+    memory_configs: tuple[tuple[str, float], ...] = (
+        ("fastv", 0.4),
+        ("headrouter", 0.4),
+        ("fastv", 0.1),
+        ("headrouter", 0.1),
+        ("random", 0.4),
+        ("frame", 0.4),
+        ("dart", 0.4),
+    )
+    engine_lm_head: bool = False  # also measure vanilla and headrouter 0.4 with lm_head on every position
     pipeline_files: int = 6
     pipeline_file_s: float = 300.0
     pipeline_actors: tuple[int, ...] = (1, 2)
@@ -66,15 +76,19 @@ QUICK = Plan(
     lengths=(100, 300),
     rounds=(2, 2),
     memory_length=300,
-    memory_retains=(0.4,),
-    memory_methods=("fastv", "headrouter"),
+    memory_configs=(("fastv", 0.4), ("headrouter", 0.4)),
     pipeline_files=1,
     pipeline_file_s=10.0,
     pipeline_actors=(1,),
     rtf_file_s=20.0,
     memory_minutes=(0.25, 1),
 )
-GPU = replace(FULL, rounds=(10, 10), memory_retains=RETAINS)
+GPU = replace(
+    FULL,
+    rounds=(10, 10),
+    memory_configs=tuple((m, r) for m in METHODS for r in RETAINS),
+    engine_lm_head=True,
+)
 
 
 # ---- prefill timing --------------------------------------------------------------------------------------
@@ -153,6 +167,11 @@ def full_size_bounds(lengths=(1500, 7500), retains=RETAINS, layer: int = 2) -> l
                     "encoder_share_of_vanilla": enc / (enc + llm),
                     "llm_bound": speedup_bound(OMNI_3B_TEXT, seq, kept, layer),
                     "end_to_end_bound": speedup_bound(OMNI_3B_TEXT, seq, kept, layer, encoder_flops=enc),
+                    # HeadRouter's probe: k_proj over every audio token, q_proj over the query text, scores
+                    "probe_share": probe_flops(OMNI_3B_TEXT, n, text_tokens) / llm,
+                    # what the engine's prefill adds today: lm_head over every kept position, and its logits
+                    "engine_lm_head_share": 2 * OMNI_3B_TEXT.hidden * OMNI_3B_TEXT.vocab * (kept - 1) / llm,
+                    "engine_logits_gib_bf16": kept * OMNI_3B_TEXT.vocab * 2 / 2**30,
                 }
             )
     return rows
@@ -163,15 +182,20 @@ def memory_rows(shape, plan: Plan, bench=None) -> list[dict]:
     """Peak memory per configuration; fresh process per config on CPU, `bench`'s process on GPU."""
     from jobs.bench_prefill import measure_peak_cuda, peak_memory_child
 
-    configs = [("vanilla", 1.0)] + [(m, r) for m in plan.memory_methods for r in plan.memory_retains]
+    configs = [("vanilla", 1.0, True)] + [(m, r, True) for m, r in plan.memory_configs]
+    if plan.engine_lm_head and bench is not None:
+        configs += [("vanilla", 1.0, False), ("headrouter", 0.4, False)]
     rows = []
-    for method, retain in configs:
+    for method, retain, last_only in configs:
         log.info("memory: %s retain %.1f on %d tokens", method, retain, plan.memory_length)
         if shape.device.startswith("cuda"):
+            bench.set_last_position_only(last_only)
             r = measure_peak_cuda(bench, plan.memory_length, method, retain)
+            bench.set_last_position_only(True)
         else:
             r = peak_memory_child(shape, plan.memory_length, method, retain)
-        rows.append(dict(r, method=method, retain=retain, audio_tokens=plan.memory_length))
+        lm_head = "last position" if last_only else "every position (engine today)"
+        rows.append(dict(r, method=method, retain=retain, audio_tokens=plan.memory_length, lm_head=lm_head))
     # What the paper's FastV baseline would hold on top: one layer's eager attention weights [H, T, T].
     n = plan.memory_length
     t = rows[0].get("seq_len", n)

@@ -22,6 +22,7 @@ __all__ = [
     "TextShape",
     "audio_encoder_flops",
     "prefill_flops",
+    "probe_flops",
     "speedup_bound",
 ]
 
@@ -115,3 +116,11 @@ def speedup_bound(s: TextShape, seq_len: int, kept_len: int, layer: int = 2, enc
     full = prefill_flops(s, seq_len, None, layer)["total"] + encoder_flops
     pruned = prefill_flops(s, seq_len, kept_len, layer)["total"] + encoder_flops
     return full / pruned
+
+
+def probe_flops(s: TextShape, audio_tokens: int, query_tokens: int) -> int:
+    """HeadRouter's probe at layer M-1: k_proj over the audio tokens, q_proj over the query tokens, and the
+    per-head scores q . k over every (query, audio) pair (routing and top-k are linear and left out)."""
+    k = 2 * s.hidden * s.kv_heads * s.head_dim * audio_tokens
+    q = 2 * s.hidden * s.heads * s.head_dim * query_tokens
+    return k + q + 2 * s.heads * s.head_dim * query_tokens * audio_tokens

@@ -51,7 +51,11 @@ def targets(res: dict) -> list[dict]:
         )
     mem = res.get("memory") or []
     if mem:
-        peak = {(r["method"], r["retain"]): r["peak_bytes"] for r in mem}
+        peak = {
+            (r["method"], r["retain"]): r["peak_bytes"]
+            for r in mem
+            if r.get("lm_head", "last").startswith("last")
+        }
         van = peak.get(("vanilla", 1.0))
         pairs = [(r, peak.get(("fastv", r))) for m, r in peak if m == "headrouter"]
         parts, below_fastv, below_van = [], True, True
@@ -180,7 +184,9 @@ def render_markdown(res: dict) -> str:
         parts.append(
             "\n### Analytical bounds at full size (Qwen2.5-Omni-3B, not measured)\n\n"
             "The audio encoder (Whisper-large-v3-like, 32 layers, d_model 1280) runs before the LLM and pruning "
-            "does not reduce it.\n\n"
+            "does not reduce it. Probe share = HeadRouter's probe FLOPs / vanilla LLM FLOPs. The last two columns are what the "
+            "engine's prefill adds today by running lm_head on every kept position (the thinker's forward has no "
+            "logits_to_keep): extra FLOPs as a share of the vanilla LLM, and the bfloat16 logits it holds.\n\n"
         )
         rows = [
             [
@@ -191,11 +197,14 @@ def render_markdown(res: dict) -> str:
                 f"{r['encoder_share_of_vanilla']:.0%}",
                 f"{r['llm_bound']:.2f}x",
                 f"{r['end_to_end_bound']:.2f}x",
+                f"{r['probe_share']:.3%}",
+                f"{r['engine_lm_head_share']:.1%}",
+                f"{r['engine_logits_gib_bf16']:.2f}",
             ]
             for r in fsb
         ]
         header = ["audio tokens", "retain", "LLM TFLOP", "encoder TFLOP", "encoder share"]
-        header += ["LLM bound", "with encoder"]
+        header += ["LLM bound", "with encoder", "probe FLOP share", "lm_head all positions", "logits GiB"]
         parts.append(_table(header, rows))
     mem = res.get("memory") or []
     if mem:
@@ -214,11 +223,12 @@ def render_markdown(res: dict) -> str:
                 f"{r['peak_bytes'] / MIB:.0f}",
                 f"{r['prefill_extra_bytes'] / MIB:.0f}",
                 f"{r['eager_attention_weights_bytes'] / MIB:.0f}",
+                r.get("lm_head", "last position"),
             ]
             for r in mem
         ]
         header = ["method", "retain", "KV MiB unpruned", "KV MiB kept", "peak MiB", "extra MiB"]
-        header += ["eager weights MiB"]
+        header += ["eager weights MiB", "lm_head on"]
         parts.append(_table(header, rows))
     pipe = res.get("pipeline")
     if pipe:

@@ -17,6 +17,7 @@ from jobs.bench_flops import (
     TextShape,
     audio_encoder_flops,
     prefill_flops,
+    probe_flops,
     speedup_bound,
 )
 
@@ -58,6 +59,14 @@ def test_bound_at_real_3b_shape_is_sane():
     assert linear / 2 == pytest.approx(36 * (2 * 2048 * 2048 + 2 * 2048 * 256 + 3 * 2048 * 11008), rel=1e-9)
     bounds = [speedup_bound(OMNI_3B_TEXT, 7520, 20 + int(7500 * r), layer=2) for r in (0.7, 0.4, 0.1)]
     assert 1 < bounds[0] < bounds[1] < bounds[2] < 36 / 2  # never beyond L/M (layers < M always run full)
+
+
+def test_probe_flops_by_hand():
+    # 3 audio tokens through k_proj (4 -> 1 head x 2), 2 query tokens through q_proj (4 -> 2 x 2),
+    # scores for 2 heads x 2 queries x 3 keys of dim 2
+    assert (
+        probe_flops(TOY, audio_tokens=3, query_tokens=2) == 2 * 4 * 2 * 3 + 2 * 4 * 4 * 2 + 2 * 2 * 2 * 2 * 3
+    )
 
 
 def test_audio_encoder_flops_by_hand():
