@@ -68,7 +68,10 @@ def run_job(opts: RunOptions, commit_every_s: float = 10.0, on_start=None, obser
         except (UsageError, RunFailed):
             raise
         except Exception as e:
-            sink.close()  # keep what finished: a rerun resumes from it
+            try:
+                sink.close()  # keep what finished: a rerun resumes from it
+            except Exception as late:  # the output is failing too: a rerun redoes what is uncommitted
+                log.error("could not commit the last results: %s", _one_line(late))
             raise RunFailed(f"run {run_id} stopped: {type(e).__name__}: {_one_line(e)}") from None
         finally:
             if started_ray:
