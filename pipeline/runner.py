@@ -40,12 +40,12 @@ def run_job(opts: RunOptions, commit_every_s: float = 10.0, on_start=None, obser
     out_fs = make_filesystem(opts.output, opts.s3_endpoint)
     root = fs_path(opts.output)
     run_json = f"{root}/runs/{run_id}.json"
+    sources = list(list_sources(opts.input, in_fs, opts.question))  # user mistakes surface before any write
     try:
         write_json_atomic(out_fs, run_json, {"run_id": run_id, "status": "running", "options": _public(opts)})
         done = completed_ids(out_fs, root, retry_errors=opts.retry_errors)
     except OSError as e:
         raise RunFailed(f"cannot write to output {opts.output}: {_one_line(e)}") from None
-    sources = list(list_sources(opts.input, in_fs, opts.question))
     todo = [s for s in sources if s.id not in done]
     log.info(
         "run %s: %d sources listed, %d already done, %d to process",
