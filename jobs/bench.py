@@ -62,8 +62,8 @@ class Plan:
         ("dart", 0.4),
     )
     engine_lm_head: bool = False  # also measure vanilla and headrouter 0.4 with lm_head on every position
-    pipeline_files: int = 6
-    pipeline_file_s: float = 300.0
+    pipeline_files: int = 10
+    pipeline_file_s: float = 120.0
     pipeline_actors: tuple[int, ...] = (1, 2)
     rtf_file_s: float = 300.0
     memory_minutes: tuple[float, ...] = (5, 30, 120)
@@ -77,8 +77,8 @@ QUICK = Plan(
     rounds=(2, 2),
     memory_length=300,
     memory_configs=(("fastv", 0.4), ("headrouter", 0.4)),
-    pipeline_files=1,
-    pipeline_file_s=10.0,
+    pipeline_files=2,
+    pipeline_file_s=5.0,
     pipeline_actors=(1,),
     rtf_file_s=20.0,
     memory_minutes=(0.25, 1),
@@ -106,8 +106,8 @@ def time_prefill(bench, lengths, rounds, configs) -> dict:
         for r in range(r_count):
             shift = r % len(configs)  # rotate the order so no configuration always runs first or last
             for cfg in configs[shift:] + configs[:shift]:
-                samples[cfg].append(bench.prefill(n, *cfg))
-            log.info("  round %d/%d done", r + 1, r_count)
+                samples[cfg].append(dict(bench.prefill(n, *cfg), loadavg=os.getloadavg()[0]))
+            log.info("  round %d/%d done (load average %.1f)", r + 1, r_count, os.getloadavg()[0])
         out[n] = samples
     return out
 
@@ -120,6 +120,7 @@ def prefill_rows(shape, timings: dict) -> list[dict]:
         for (method, retain), runs in samples.items():
             first = runs[0]
             ratios = [v["seconds"] / s["seconds"] for v, s in zip(vanilla, runs)]  # same round
+            cpu_ratios = [v["cpu_s"] / s["cpu_s"] for v, s in zip(vanilla, runs)]
             bound = speedup_bound(shape.text, first["seq_len"], first["kept_len"], shape.layer)
             speedup = statistics.median(ratios)
             prune_s = statistics.median(s["prune_s"] for s in runs)
@@ -133,8 +134,11 @@ def prefill_rows(shape, timings: dict) -> list[dict]:
                     "kept_audio": first["kept_audio"],
                     "median_s": statistics.median(s["seconds"] for s in runs),
                     "all_s": [s["seconds"] for s in runs],
+                    "loadavg": [s["loadavg"] for s in runs],
                     "speedup": speedup,
                     "speedup_of_medians": van_s / statistics.median(s["seconds"] for s in runs),
+                    # CPU time is steadier than wall time when other processes share the cores
+                    "speedup_cpu_time": statistics.median(cpu_ratios),
                     "flop_bound": bound,
                     "efficiency": speedup / bound,
                     "prune_hook_s": prune_s,

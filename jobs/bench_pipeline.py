@@ -100,9 +100,10 @@ def _memory_child(path: str, window_s: float) -> dict:
         f.write("5")  # reset VmHWM: measure the stage, not the imports
     base = _status_kib("VmRSS")
     rows = audio_s = 0
-    errors = []
+    errors, trace = [], []
     for table in decode_and_chunk(batch, window_s, DecodeLimits(), None):  # the pipeline's CPU stage itself
         row = table.to_pylist()[0]
+        trace.append(_status_kib("VmRSS") // 1024)  # MiB resident after each chunk: flat, or growing?
         rows += 1
         audio_s += row["end_s"] - row["start_s"]
         if row["status"] != "ok":
@@ -113,6 +114,7 @@ def _memory_child(path: str, window_s: float) -> dict:
         "errors": errors,
         "rss_before_bytes": base * 1024,
         "peak_rss_bytes": _status_kib("VmHWM") * 1024,
+        "rss_after_chunk_mib": trace,
     }
 
 
@@ -132,6 +134,7 @@ def decode_memory(folder: Path, minutes: tuple[float, ...], window_s: float = 30
 
 # ---- Ray Data end to end vs the model alone --------------------------------------------------------------
 def _model_alone(folder: Path, model: str, method: str, retain: float, batch_size: int, max_new: int) -> dict:
+    import torch
     from pyarrow import fs as pafs
 
     from headrouter import PruneOptions, load_lalm
@@ -151,12 +154,31 @@ def _model_alone(folder: Path, model: str, method: str, retain: float, batch_siz
     ]
     opts = PruneOptions(method=method, retain=retain)
     t0 = time.perf_counter()
+    model_s = 0.0
     for i in range(0, len(chunks), batch_size):
         part = chunks[i : i + batch_size]
-        lalm.generate(part, [ASR_PROMPT] * len(part), opts, max_new_tokens=max_new)
+        outs = lalm.generate(part, [ASR_PROMPT] * len(part), opts, max_new_tokens=max_new)
+        model_s += sum(o.prefill_s + o.decode_s for o in outs)
     wall = time.perf_counter() - t0
     audio_s = sum(c.size for c in chunks) / SAMPLE_RATE
-    return {"audio_s": audio_s, "chunks": len(chunks), "wall_s": wall, "load_s": load_s}
+    return {
+        "audio_s": audio_s,
+        "chunks": len(chunks),
+        "wall_s": wall,
+        "load_s": load_s,
+        "model_s": model_s,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+class _ModelTime:
+    """run_job observer: model time (prefill + decode) the actors report per chunk."""
+
+    def __init__(self):
+        self.model_s = 0.0
+
+    def observe(self, row: dict) -> None:
+        self.model_s += (row.get("prefill_s") or 0.0) + (row.get("decode_s") or 0.0)
 
 
 def pipeline_throughput(
@@ -169,28 +191,31 @@ def pipeline_throughput(
     actors: tuple[int, ...] = (1, 2),
     max_new_tokens: int = 16,
 ) -> dict:
-    """Audio seconds per wall second: the model alone (generate on the chunks) vs `pipeline.run_job`."""
+    """Audio seconds per wall second: the model alone (generate on the chunks) vs `pipeline.run_job`.
+
+    Runs `files` and 2 x `files` inputs so the fixed cost of a run (actor start, model load) separates from
+    the marginal cost per audio second: marginal overhead = (pipeline wall(2N) - wall(N)) / (model alone
+    wall(2N) - wall(N)) - 1, with 1 actor. More actors run on the 2N set.
+    """
     import ray
 
     from pipeline import RunOptions, run_job
 
-    inputs = folder / f"pipeline-{files}x{int(seconds)}s"
-    inputs.mkdir(parents=True, exist_ok=True)
-    for i in range(files):
-        make_audio(inputs / f"talk{i:02d}.flac", seconds)
-    batch_size = 4
-    alone = _child(
-        "alone",
-        {
-            "folder": str(inputs),
-            "model": model,
-            "method": method,
-            "retain": retain,
-            "batch_size": batch_size,
-            "max_new": max_new_tokens,
-        },
-    )
-    alone["audio_s_per_wall_s"] = alone["audio_s"] / alone["wall_s"]
+    big = folder / f"pipeline-{2 * files}x{int(seconds)}s"
+    small = folder / f"pipeline-{files}x{int(seconds)}s"
+    big.mkdir(parents=True, exist_ok=True)
+    small.mkdir(parents=True, exist_ok=True)
+    for i in range(2 * files):
+        path = make_audio(big / f"talk{i:02d}.flac", seconds)
+        if i < files and not (small / path.name).exists():
+            (small / path.name).symlink_to(path)
+    batch_size = 2
+    alone = {}
+    for name, inputs in (("small", small), ("big", big)):
+        args = {"folder": str(inputs), "model": model, "method": method, "retain": retain}
+        # one torch thread: what an inference actor gets (Ray sets OMP_NUM_THREADS=1 under 2 CPUs)
+        r = _child("alone", dict(args, batch_size=batch_size, max_new=max_new_tokens), env=ONE_THREAD)
+        alone[name] = dict(r, audio_s_per_wall_s=r["audio_s"] / r["wall_s"])
     t0 = time.perf_counter()
     ray.init(
         address="local",  # a fresh embedded cluster, never one named by RAY_ADDRESS
@@ -203,12 +228,13 @@ def pipeline_throughput(
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
+    plan = [(1, "small")] + [(n, "big") for n in actors]
     runs = []
     try:
-        for n in actors:
+        for n, name in plan:
             with tempfile.TemporaryDirectory(prefix="hr-bench-out-") as out:
                 opts = RunOptions(
-                    input=str(inputs),
+                    input=str(small if name == "small" else big),
                     output=out,
                     model=model,
                     method=method,
@@ -218,24 +244,37 @@ def pipeline_throughput(
                     max_new_tokens=max_new_tokens,
                     progress_s=3600.0,
                 )
+                seen = _ModelTime()
                 t0 = time.perf_counter()
-                summary = run_job(opts)
+                summary = run_job(opts, observer=seen)
                 wall = time.perf_counter() - t0
+            ref = alone[name]
             runs.append(
                 {
                     "actors": n,
+                    "inputs": name,
+                    "files": files * (1 if name == "small" else 2),
                     "wall_s": wall,
                     "audio_s": summary.audio_s,
                     "chunks": summary.chunks,
                     "files_ok": summary.files_ok,
                     "files_failed": summary.files_failed,
                     "audio_s_per_wall_s": summary.audio_s / wall,
-                    "overhead_vs_model": wall / alone["wall_s"] - 1.0,
-                    "overhead_vs_model_and_load": wall / (alone["wall_s"] + alone["load_s"]) - 1.0,
+                    "overhead_vs_model": wall / ref["wall_s"] - 1.0,
+                    "overhead_vs_model_and_load": wall / (ref["wall_s"] + ref["load_s"]) - 1.0,
+                    "model_s_in_actors": seen.model_s,
+                    # load-normalized: wall per second of model work (prefill + decode, as the actors and the
+                    # model-alone run each measured it under the same load), pipeline vs model alone
+                    "overhead_normalized": (wall / seen.model_s) / (ref["wall_s"] / ref["model_s"]) - 1.0
+                    if seen.model_s > 0 and ref["model_s"] > 0
+                    else None,
                 }
             )
     finally:
         ray.shutdown()
+    one_small, one_big = runs[0], runs[1]
+    d_pipe = one_big["wall_s"] - one_small["wall_s"]
+    d_alone = alone["big"]["wall_s"] - alone["small"]["wall_s"]
     return {
         "model": model,
         "method": method,
@@ -247,6 +286,8 @@ def pipeline_throughput(
         "ray_init_s": ray_init_s,
         "model_alone": alone,
         "ray": runs,
+        "fixed_cost_s": one_small["wall_s"] - d_pipe,  # wall(N) minus its marginal part
+        "marginal_overhead": d_pipe / d_alone - 1.0 if d_alone > 0 else None,
     }
 
 

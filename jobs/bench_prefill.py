@@ -164,7 +164,7 @@ class BenchModel:
         return self._inputs[audio_tokens]
 
     def prefill(self, audio_tokens: int, method: str, retain: float) -> dict:
-        """One prefill: {"seconds", "prune_s" (time inside the pruning hook at layer M), "seq_len", "kept_len",
+        """One prefill: {"seconds", "cpu_s" (process CPU time), "prune_s" (time inside the pruning hook at layer M), "seq_len", "kept_len",
         "audio_tokens", "kept_audio", "kv_bytes_full", "kv_bytes_kept"}."""
         from headrouter.kv import kv_bytes
         from headrouter.options import PruneOptions
@@ -183,10 +183,10 @@ class BenchModel:
         try:
             with torch.inference_mode():
                 self._sync()
-                start = time.perf_counter()
+                start, cpu0 = time.perf_counter(), time.process_time()
                 out = self.lalm.model(**inputs, use_cache=True)
                 self._sync()
-                seconds = time.perf_counter() - start
+                seconds, cpu_s = time.perf_counter() - start, time.process_time() - cpu0
         finally:
             before.remove()
             after.remove()
@@ -198,6 +198,7 @@ class BenchModel:
         audio = rec.audio_tokens if rec is not None else audio_tokens
         return {
             "seconds": seconds,
+            "cpu_s": cpu_s,
             "prune_s": (marks["m_out"] - marks["m_in"]) if handle is not None else 0.0,
             "seq_len": seq_len,
             "kept_len": seq_len - audio + kept_audio,

@@ -167,15 +167,18 @@ def test_quick_memory_pipeline_and_report(quick_run):
         assert r["peak_bytes"] >= r["before_bytes"] > 0 and r["kind"] == "cpu_peak_rss"
         assert r["kv_bytes_kept"] <= r["kv_bytes_full"]
     pipe = res["pipeline"]
-    assert [r["actors"] for r in pipe["ray"]] == [1]
+    assert [(r["actors"], r["files"]) for r in pipe["ray"]] == [(1, pipe["files"]), (1, 2 * pipe["files"])]
     for r in pipe["ray"]:
-        assert r["files_ok"] == pipe["files"] and r["files_failed"] == 0
-        assert r["audio_s"] == pytest.approx(pipe["model_alone"]["audio_s"], abs=0.01)
+        assert r["files_ok"] == r["files"] and r["files_failed"] == 0
+        assert r["model_s_in_actors"] > 0
+        assert r["audio_s"] == pytest.approx(pipe["model_alone"][r["inputs"]]["audio_s"], abs=0.01)
+    assert pipe["model_alone"]["big"]["chunks"] == 2 * pipe["model_alone"]["small"]["chunks"]
     assert {r["format"] for r in res["stage_rtf"]} == {"mp3", "flac"}
     assert all(r["audio_s"] == pytest.approx(res["plan"]["rtf_file_s"], abs=0.05) for r in res["stage_rtf"])
     dm = res["decode_memory"]
     assert [r["minutes"] for r in dm] == list(res["plan"]["memory_minutes"])
     assert all(not r["errors"] and r["audio_s"] == pytest.approx(r["minutes"] * 60, abs=0.05) for r in dm)
+    assert all(len(r["rss_after_chunk_mib"]) == r["chunks"] for r in dm)
     names = [t["target"] for t in res["targets"]]
     assert len(names) == 6 and all(isinstance(t["met"], bool) for t in res["targets"])
     for heading in ("## Targets", "## Prefill", "## Memory", "## Pipeline", "Analytical bounds at full size"):
