@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from pipeline.runner import new_run_id, run_job
 
+    metrics = None
     try:
         opts, commit_every_s = parse_args(argv)
         opts = opts.replace(run_id=opts.run_id or new_run_id())
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RunFailed as e:
         print(f"jobs.run: failed: {e}", file=sys.stderr)
-        if "metrics" in locals() and metrics is not None:
+        if metrics is not None:
             metrics.finish(success=False)
         return 3
     except KeyboardInterrupt:
