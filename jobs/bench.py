@@ -65,6 +65,7 @@ class Plan:
     pipeline_files: int = 10
     pipeline_file_s: float = 120.0
     pipeline_actors: tuple[int, ...] = (1, 2)
+    pipeline_marginal: bool = True  # also run 2N files to split fixed from marginal cost
     rtf_file_s: float = 300.0
     memory_minutes: tuple[float, ...] = (5, 30, 120)
 
@@ -76,10 +77,11 @@ QUICK = Plan(
     lengths=(100, 300),
     rounds=(2, 2),
     memory_length=300,
-    memory_configs=(("fastv", 0.4), ("headrouter", 0.4)),
+    memory_configs=(("headrouter", 0.4),),
     pipeline_files=2,
     pipeline_file_s=5.0,
     pipeline_actors=(1,),
+    pipeline_marginal=False,
     rtf_file_s=20.0,
     memory_minutes=(0.25, 1),
 )
@@ -295,7 +297,11 @@ def run(what: str, quick: bool, full_size: bool, out: Path, overrides: dict) -> 
             results["decode_memory"] = decode_memory(folder, plan.memory_minutes)
             log.info("pipeline: Ray Data vs the model alone, %s actors", plan.pipeline_actors)
             results["pipeline"] = pipeline_throughput(
-                folder, plan.pipeline_files, plan.pipeline_file_s, actors=plan.pipeline_actors
+                folder,
+                plan.pipeline_files,
+                plan.pipeline_file_s,
+                actors=plan.pipeline_actors,
+                marginal=plan.pipeline_marginal,
             )
     results["machine"]["loadavg_end"] = os.getloadavg()
     results["duration_s"] = time.time() - started

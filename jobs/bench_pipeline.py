@@ -190,12 +190,13 @@ def pipeline_throughput(
     retain: float = 0.4,
     actors: tuple[int, ...] = (1, 2),
     max_new_tokens: int = 16,
+    marginal: bool = True,
 ) -> dict:
     """Audio seconds per wall second: the model alone (generate on the chunks) vs `pipeline.run_job`.
 
     Runs `files` and 2 x `files` inputs so the fixed cost of a run (actor start, model load) separates from
     the marginal cost per audio second: marginal overhead = (pipeline wall(2N) - wall(N)) / (model alone
-    wall(2N) - wall(N)) - 1, with 1 actor. More actors run on the 2N set.
+    wall(2N) - wall(N)) - 1, with 1 actor. More actors run on the 2N set (on the N set without `marginal`).
     """
     import ray
 
@@ -211,7 +212,8 @@ def pipeline_throughput(
             (small / path.name).symlink_to(path)
     batch_size = 2
     alone = {}
-    for name, inputs in (("small", small), ("big", big)):
+    sets = (("small", small), ("big", big)) if marginal else (("small", small),)
+    for name, inputs in sets:
         args = {"folder": str(inputs), "model": model, "method": method, "retain": retain}
         # one torch thread: what an inference actor gets (Ray sets OMP_NUM_THREADS=1 under 2 CPUs)
         r = _child("alone", dict(args, batch_size=batch_size, max_new=max_new_tokens), env=ONE_THREAD)
@@ -228,7 +230,7 @@ def pipeline_throughput(
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
-    plan = [(1, "small")] + [(n, "big") for n in actors]
+    plan = [(1, "small")] + [(n, "big" if marginal else "small") for n in actors if marginal or n != 1]
     runs = []
     try:
         for n, name in plan:
@@ -272,9 +274,8 @@ def pipeline_throughput(
             )
     finally:
         ray.shutdown()
-    one_small, one_big = runs[0], runs[1]
-    d_pipe = one_big["wall_s"] - one_small["wall_s"]
-    d_alone = alone["big"]["wall_s"] - alone["small"]["wall_s"]
+    d_pipe = runs[1]["wall_s"] - runs[0]["wall_s"] if marginal else None
+    d_alone = alone["big"]["wall_s"] - alone["small"]["wall_s"] if marginal else None
     return {
         "model": model,
         "method": method,
@@ -286,8 +287,8 @@ def pipeline_throughput(
         "ray_init_s": ray_init_s,
         "model_alone": alone,
         "ray": runs,
-        "fixed_cost_s": one_small["wall_s"] - d_pipe,  # wall(N) minus its marginal part
-        "marginal_overhead": d_pipe / d_alone - 1.0 if d_alone > 0 else None,
+        "fixed_cost_s": runs[0]["wall_s"] - d_pipe if marginal else None,  # wall(N) minus its marginal part
+        "marginal_overhead": d_pipe / d_alone - 1.0 if marginal and d_alone > 0 else None,
     }
 
 

@@ -80,7 +80,7 @@ def targets(res: dict) -> list[dict]:
         )
     pipe = res.get("pipeline")
     if pipe:
-        big = next(r for r in pipe["ray"] if r["actors"] == 1 and r["inputs"] == "big")
+        big = max((r for r in pipe["ray"] if r["actors"] == 1), key=lambda r: r["files"])
         marginal = pipe.get("marginal_overhead")
         norm = big.get("overhead_normalized")
         out.append(
@@ -90,7 +90,11 @@ def targets(res: dict) -> list[dict]:
                 + ("n/a" if norm is None else f"{norm:+.0%}")
                 + " load-normalized; marginal "
                 + ("n/a" if marginal is None else f"{marginal:+.0%}")
-                + f"; fixed cost {pipe['fixed_cost_s']:.1f} s per run",
+                + (
+                    ""
+                    if pipe["fixed_cost_s"] is None
+                    else f"; fixed cost {pipe['fixed_cost_s']:.1f} s per run"
+                ),
                 None if norm is None else norm <= 0.10,
                 "judged on the load-normalized figure (wall per second of model work, pipeline vs model alone); "
                 "whole run incl. actor start and model load; Ray started beforehand "
@@ -259,16 +263,18 @@ def render_markdown(res: dict) -> str:
         parts.append(_table(header, rows))
     pipe = res.get("pipeline")
     if pipe:
-        a, b = pipe["model_alone"]["small"], pipe["model_alone"]["big"]
+        a = pipe["model_alone"]["small"]
+        b = pipe["model_alone"].get("big", a)
         marginal = pipe.get("marginal_overhead")
         parts.append(
-            f"\n## Pipeline ({pipe['files']} and {2 * pipe['files']} files x {pipe['seconds_per_file']:g} s, "
+            f"\n## Pipeline ({pipe['files']} (and {2 * pipe['files']}) files x {pipe['seconds_per_file']:g} s, "
             f"model {pipe['model']}, {pipe['method']} retain {pipe['retain']}, "
             f"max_new_tokens {pipe['max_new_tokens']}, batch {pipe['batch_size']})\n\n"
             f"Model alone (generate on the same chunks, {b['torch_threads']} torch thread like an actor): "
             f"{a['wall_s']:.1f} s / {b['wall_s']:.1f} s, {b['audio_s_per_wall_s']:.0f} audio s per wall s "
             f"(model load {b['load_s']:.1f} s, not counted). Ray started beforehand in {pipe['ray_init_s']:.1f} s. "
-            f"Fixed cost per run {pipe['fixed_cost_s']:.1f} s; marginal overhead "
+            + ("" if pipe["fixed_cost_s"] is None else f"Fixed cost per run {pipe['fixed_cost_s']:.1f} s; ")
+            + "marginal overhead "
             + ("n/a" if marginal is None else f"{marginal:+.0%}")
             + " (extra pipeline wall per extra audio second vs the model alone's, 1 actor).\n\n"
         )

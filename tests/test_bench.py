@@ -158,21 +158,17 @@ def test_quick_prefill_structure(quick_run):
 def test_quick_memory_pipeline_and_report(quick_run):
     res, md = quick_run
     mem = res["memory"]
-    assert [(r["method"], r["retain"]) for r in mem] == [
-        ("vanilla", 1.0),
-        ("fastv", 0.4),
-        ("headrouter", 0.4),
-    ]
+    assert [(r["method"], r["retain"]) for r in mem] == [("vanilla", 1.0), ("headrouter", 0.4)]
     for r in mem:
         assert r["peak_bytes"] >= r["before_bytes"] > 0 and r["kind"] == "cpu_peak_rss"
         assert r["kv_bytes_kept"] <= r["kv_bytes_full"]
     pipe = res["pipeline"]
-    assert [(r["actors"], r["files"]) for r in pipe["ray"]] == [(1, pipe["files"]), (1, 2 * pipe["files"])]
+    assert [(r["actors"], r["files"]) for r in pipe["ray"]] == [(1, pipe["files"])]  # --quick: N only
     for r in pipe["ray"]:
         assert r["files_ok"] == r["files"] and r["files_failed"] == 0
         assert r["model_s_in_actors"] > 0
         assert r["audio_s"] == pytest.approx(pipe["model_alone"][r["inputs"]]["audio_s"], abs=0.01)
-    assert pipe["model_alone"]["big"]["chunks"] == 2 * pipe["model_alone"]["small"]["chunks"]
+    assert pipe["model_alone"]["small"]["chunks"] == pipe["files"] and r["overhead_normalized"] is not None
     assert {r["format"] for r in res["stage_rtf"]} == {"mp3", "flac"}
     assert all(r["audio_s"] == pytest.approx(res["plan"]["rtf_file_s"], abs=0.05) for r in res["stage_rtf"])
     dm = res["decode_memory"]
