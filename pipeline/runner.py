@@ -19,7 +19,7 @@ log = logging.getLogger("pipeline")
 
 
 # Never shipped to a cluster (beyond what .gitignore already keeps out).
-SHIP_EXCLUDES = [".venv/", ".git/", "out/", "data/", ".cache/", "*.parquet", "*.safetensors"]
+SHIP_EXCLUDES = [".venv/", ".git/", "out/", "data/", ".cache/", "*.parquet"]
 
 
 def new_run_id() -> str:
@@ -40,6 +40,7 @@ def run_job(opts: RunOptions, commit_every_s: float = 10.0, on_start=None, obser
     out_fs = make_filesystem(opts.output, opts.s3_endpoint)
     root = fs_path(opts.output)
     run_json = f"{root}/runs/{run_id}.json"
+    _check_model(opts.model)
     sources = list(list_sources(opts.input, in_fs, opts.question))  # user mistakes surface before any write
     try:
         write_json_atomic(out_fs, run_json, {"run_id": run_id, "status": "running", "options": _public(opts)})
@@ -89,6 +90,18 @@ def run_job(opts: RunOptions, commit_every_s: float = 10.0, on_start=None, obser
     )
     write_json_atomic(out_fs, run_json, dict(summary.to_dict(), status="complete", options=_public(opts)))
     return summary
+
+
+def _check_model(model: str) -> None:
+    """Fail fast on a model name no actor could load (S3 models are checked by the actors: no download here)."""
+    if model.startswith("s3://"):
+        return
+    from headrouter.engine import resolve_model
+
+    try:
+        resolve_model(model)
+    except FileNotFoundError as e:
+        raise UsageError(f"--model: {_one_line(e)}") from None
 
 
 def _stream(ds, sink: ResultSink, total: int, progress_s: float, started: float, observer) -> None:
