@@ -133,6 +133,18 @@ def test_missing_and_unreadable_sources(tmp_path):
             decode_all(p)
 
 
+def test_storage_errors_are_classified():
+    from pipeline.decode import _os_error
+
+    denied = OSError("AWS Error ACCESS_DENIED during GetObject operation: Access Denied")
+    assert _os_error(denied).kind == "permission_denied"
+    assert (
+        _os_error(OSError("AWS Error NO_SUCH_KEY during GetObject operation: NoSuchKey")).kind == "not_found"
+    )
+    assert _os_error(FileNotFoundError(2, "gone")).kind == "not_found"
+    assert _os_error(OSError("AWS Error NETWORK_CONNECTION: timeout")).kind == "read_error"
+
+
 def test_decode_limits(tmp_path):
     p = write_wav(tmp_path / "ten.wav", bursts(10.0)[0])
     with pytest.raises(DecodeError, match="^too_long: "):
@@ -341,8 +353,13 @@ def test_actor_udf_isolates_a_bad_sample_in_a_batch():
     worker = InferenceWorker(RunOptions(input="x", output="y"), lalm=lalm)
     batch = segment_batch([seg("a", 16000), seg("short", 10), seg("b", 8000), seg("s", 16000, silent=True),
                            seg("e", 0, status="error", error="decode_error: bad"), seg("long", 31 * SR)])  # fmt: skip
+    seen = []
+    worker._metrics = type("Recorder", (), {"observe": lambda self, row: seen.append(row["id"])})()
     out = worker(batch)
     assert out.schema == CHUNK_SCHEMA
+    assert sorted(seen) == sorted(
+        ["a", "short", "b", "s", "e", "long"]
+    )  # the metrics hook saw every row once
     rows = {r["id"]: r for r in out.to_pylist()}
     assert (
         rows["a"]["status"] == "ok" and rows["a"]["text"] == "n=16000" and rows["a"]["alpha_semantic"] == 0.5
