@@ -31,6 +31,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunOptions, float]:
     p.add_argument("--model", default="tiny-random")
     p.add_argument("--method", default="headrouter")
     p.add_argument("--retain", type=float, default=0.6)
+    p.add_argument("--layer", type=int, default=2, help="pruning layer M (1 .. layers-1)")
+    p.add_argument("--profiles", default=None, help="head-weight profile JSON (default: the model's own)")
     p.add_argument("--task", default="asr", choices=["asr", "qa"])
     p.add_argument("--question", default=None)
     p.add_argument("--workers", default="1..2", type=_workers, help="actor pool size MIN..MAX (or N)")
@@ -53,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunOptions, float]:
     p.add_argument("--commit-every-s", type=float, default=10.0, help="seconds between Parquet commits")
     # Monitoring (monitoring/): a /metrics port, a Pushgateway for the run's totals, the job label.
     p.add_argument("--metrics-port", type=int, default=None)
+    p.add_argument(
+        "--metrics-addr", default="127.0.0.1", help="address for --metrics-port (0.0.0.0 in a pod)"
+    )
     p.add_argument("--pushgateway", default=None)
     p.add_argument("--job-name", default="headrouter-batch")
     a = p.parse_args(argv)
@@ -78,6 +83,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunOptions, float]:
         address=a.address,
         run_id=a.run_id,
         metrics_port=a.metrics_port,
+        metrics_addr=a.metrics_addr,
+        layer=a.layer,
+        profiles=a.profiles,
         pushgateway=a.pushgateway,
         job_name=a.job_name,
     )
@@ -130,7 +138,7 @@ def _run_metrics(opts: RunOptions):
     import monitoring
 
     if opts.metrics_port is not None:
-        monitoring.serve(opts.metrics_port)
+        monitoring.serve(opts.metrics_port, addr=opts.metrics_addr)
     rm = monitoring.RunMetrics(
         opts.job_name, opts.run_id, opts.model, opts.method, opts.task, gateway=opts.pushgateway
     )

@@ -40,7 +40,10 @@ class RunOptions:
     decode_timeout_s: float = 3600.0  # wall time for decoding one source
     max_input_bytes: int = 8 << 30  # per source
     device: str = "cpu"
+    layer: int = 2  # pruning layer M (headrouter.PruneOptions)
+    profiles: str | None = None  # head-weight profile JSON; None: the model folder's, else uniform
     metrics_port: int | None = None
+    metrics_addr: str = "127.0.0.1"  # 0.0.0.0 in a container so Prometheus can scrape the pod
     pushgateway: str | None = None
     job_name: str = "headrouter-batch"
     progress_s: float = 5.0
@@ -57,6 +60,8 @@ class RunOptions:
             raise UsageError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if not 0.0 < self.retain <= 1.0:
             raise UsageError(f"--retain must be in (0, 1], got {self.retain}")
+        if self.layer < 1:
+            raise UsageError(f"--layer must be >= 1 (pruning at layer 0 is not supported), got {self.layer}")
         lo, hi = self.workers
         if lo < 1 or hi < lo:
             raise UsageError(f"--workers must be MIN..MAX with 1 <= MIN <= MAX, got {lo}..{hi}")

@@ -52,11 +52,13 @@ class InferenceWorker:
         from headrouter.options import PruneOptions
 
         self.opts = opts
-        self.prune = PruneOptions(method=opts.method, retain=opts.retain)
+        self.prune = PruneOptions(
+            method=opts.method, retain=opts.retain, layer=opts.layer, profiles=opts.profiles
+        )
         if lalm is None:
             from headrouter import load_lalm
 
-            lalm = load_lalm(opts.model, device=_device(opts))
+            lalm = load_lalm(opts.model, device=_device(opts), endpoint_url=opts.s3_endpoint)
         self.lalm = lalm
         self.model_id = getattr(lalm, "model_id", opts.model)
         self.window_s = float(getattr(lalm, "window_s", 300.0))
