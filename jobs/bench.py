@@ -126,6 +126,13 @@ def prefill_rows(shape, timings: dict) -> list[dict]:
             bound = speedup_bound(shape.text, first["seq_len"], first["kept_len"], shape.layer)
             speedup = statistics.median(ratios)
             prune_s = statistics.median(s["prune_s"] for s in runs)
+            fl_van = prefill_flops(shape.text, first["seq_len"], None, shape.layer)
+            fl = prefill_flops(shape.text, first["seq_len"], first["kept_len"], shape.layer)
+            late = None
+            if first.get("late_s") is not None:
+                # do the layers >= M speed up as their FLOPs say? (same round, median)
+                late_ratio = statistics.median(v["late_s"] / s["late_s"] for v, s in zip(vanilla, runs))
+                late = late_ratio / (fl_van["late"] / fl["late"])
             rows.append(
                 {
                     "audio_tokens": n,
@@ -144,12 +151,20 @@ def prefill_rows(shape, timings: dict) -> list[dict]:
                     "flop_bound": bound,
                     "efficiency": speedup / bound,
                     "prune_hook_s": prune_s,
+                    "early_s": _median_or_none(runs, "early_s"),
+                    "late_s": _median_or_none(runs, "late_s"),
+                    "late_layers_efficiency": late,
                     "prune_share_of_vanilla": prune_s / van_s,
                     "kv_bytes_full": first["kv_bytes_full"],
                     "kv_bytes_kept": first["kv_bytes_kept"],
                 }
             )
     return rows
+
+
+def _median_or_none(runs: list[dict], key: str) -> float | None:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(values) if values else None
 
 
 def full_size_bounds(lengths=(1500, 7500), retains=RETAINS, layer: int = 2) -> list[dict]:
@@ -329,8 +344,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, help="decoder layers (default 36, the 3B's)")
     p.add_argument("--lengths", type=_ints, help="audio token counts, e.g. 1500,7500")
     p.add_argument("--rounds", type=_ints, help="timed rounds per length, e.g. 5,3")
+    p.add_argument(
+        "--threads", type=int, help="torch threads for the prefill and memory runs (default: torch's)"
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the memory children inherit it
     overrides = {"hidden": args.hidden, "layers": args.layers, "lengths": args.lengths, "rounds": args.rounds}
     results = run(args.what, args.quick, args.full_size, args.out, overrides)
     print((args.out / "bench.md").read_text())

@@ -164,8 +164,9 @@ class BenchModel:
         return self._inputs[audio_tokens]
 
     def prefill(self, audio_tokens: int, method: str, retain: float) -> dict:
-        """One prefill: {"seconds", "cpu_s" (process CPU time), "prune_s" (time inside the pruning hook at layer M), "seq_len", "kept_len",
-        "audio_tokens", "kept_audio", "kv_bytes_full", "kv_bytes_kept"}."""
+        """One prefill: {"seconds", "cpu_s" (process CPU time), "prune_s" (time inside the pruning hook at
+        layer M), "early_s"/"late_s" (decoder layers < M / >= M), "seq_len", "kept_len", "audio_tokens",
+        "kept_audio", "kv_bytes_full", "kv_bytes_kept"}."""
         from headrouter.kv import kv_bytes
         from headrouter.options import PruneOptions
 
@@ -174,7 +175,14 @@ class BenchModel:
         seq_len = int(inputs["input_ids"].shape[1])
         opts = PruneOptions(method=method, retain=retain, layer=self.shape.layer)
         router = self.lalm.check_options(opts)
-        marks: dict[str, float] = {}
+        marks: dict = {}
+        # Per-layer start/end marks (CPU only: a sync per layer would serialize a GPU's kernel queue). The
+        # start hooks go before the pruning hooks, so layer M's time includes the pruning hook; subtracted below.
+        timers = []
+        if self.device.type == "cpu":
+            for i, layer in enumerate(self.lalm.layers):
+                timers.append(layer.register_forward_pre_hook(lambda *a, i=i: self._mark(marks, ("in", i))))
+                timers.append(layer.register_forward_hook(lambda *a, i=i: self._mark(marks, ("out", i))))
         # Bracket the pruning pre-hook of layer M (registered between these two): its time is the probe,
         # routing/scoring, selection and the slicing of the hidden states.
         before = self._layer_m.register_forward_pre_hook(lambda *a: self._mark(marks, "m_in"))
@@ -188,18 +196,24 @@ class BenchModel:
                 self._sync()
                 seconds, cpu_s = time.perf_counter() - start, time.process_time() - cpu0
         finally:
-            before.remove()
-            after.remove()
+            for t in (*timers, before, after):
+                t.remove()
             if handle is not None:
                 handle.remove()
         full, kept = kv_bytes(out.cache, seq_len)
         rec = handle.record if handle is not None else None
         kept_audio = rec.kept_tokens if rec is not None else audio_tokens
         audio = rec.audio_tokens if rec is not None else audio_tokens
+        prune_s = (marks["m_out"] - marks["m_in"]) if handle is not None else 0.0
+        m = self.shape.layer
+        spans = [marks[("out", i)] - marks[("in", i)] for i in range(len(self.lalm.layers))] if timers else []
         return {
             "seconds": seconds,
             "cpu_s": cpu_s,
-            "prune_s": (marks["m_out"] - marks["m_in"]) if handle is not None else 0.0,
+            "prune_s": prune_s,
+            # decoder layers < M (full length) and >= M (kept length, pruning hook excluded); None on GPU
+            "early_s": sum(spans[:m]) if spans else None,
+            "late_s": sum(spans[m:]) - prune_s if spans else None,
             "seq_len": seq_len,
             "kept_len": seq_len - audio + kept_audio,
             "audio_tokens": audio,

@@ -186,7 +186,8 @@ def render_markdown(res: dict) -> str:
             f"dummy weights, pruning at layer {shape['layer']}. Speed-up = median over rounds of vanilla / method "
             "time in the same round; bound = FLOP ratio (jobs/bench_flops.py); efficiency = speed-up / bound "
             "(wall time; the CPU-time column uses process CPU time, steadier on shared cores); hook = time inside "
-            "the pruning pre-hook of layer M (probe, scoring, selection, slicing).\n\n"
+            "the pruning pre-hook of layer M (probe, scoring, selection, slicing); eff. layers >= M = the speed-up of the "
+            "decoder layers >= M alone over their FLOP ratio (does the pruned part scale as its FLOPs say?).\n\n"
         )
     pre = res.get("prefill") or []
     if pre:
@@ -201,6 +202,8 @@ def render_markdown(res: dict) -> str:
                 f"{r['flop_bound']:.2f}x",
                 f"{r['efficiency']:.2f}",
                 f"{r['speedup_cpu_time'] / r['flop_bound']:.2f}",
+                "-" if r.get("late_layers_efficiency") is None else f"{r['late_layers_efficiency']:.2f}",
+                "-" if r.get("early_s") is None else f"{r['early_s']:.2f} / {r['late_s']:.2f}",
                 f"{r['prune_hook_s'] * 1e3:.1f}",
                 f"{r['prune_share_of_vanilla']:.2%}",
                 f"{r['kv_bytes_kept'] / MIB:.1f}",
@@ -208,7 +211,8 @@ def render_markdown(res: dict) -> str:
             for r in pre
         ]
         header = ["audio tokens", "method", "retain", "kept/total", "median s", "speed-up", "FLOP bound"]
-        header += ["efficiency", "eff. (CPU time)", "hook ms", "hook / vanilla", "KV MiB"]
+        header += ["efficiency", "eff. (CPU time)", "eff. layers >= M", "s in layers < M / >= M"]
+        header += ["hook ms", "hook / vanilla", "KV MiB"]
         parts.append(_table(header, rows))
     fsb = res.get("full_size_bounds")
     if fsb:
