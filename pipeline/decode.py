@@ -124,19 +124,27 @@ def _soundfile_blocks(fs, path, limits: DecodeLimits, deadline: float) -> Iterat
 
 
 class _ReadGuard:
-    """A source file handed to libsndfile that remembers the first read error. soundfile's I/O callbacks
-    swallow exceptions, so a failed read (the store gone half way) would look like the end of the file and
-    a truncated source would come out 'ok'."""
+    """A source file handed to libsndfile that retries transient read errors from the same offset and
+    remembers a lasting one. soundfile's I/O callbacks swallow exceptions, so a failed read (the store gone
+    half way) would look like the end of the file and a truncated source would come out 'ok'. The S3 client
+    retries 5xx answers itself but not every broken transfer (a body cut short fails with INTERNAL_FAILURE)."""
+
+    RETRIES = 3
 
     def __init__(self, f):
         self.f, self.error = f, None
 
     def _guard(self, fn, *args):
-        try:
-            return fn(*args)
-        except OSError as e:
-            self.error = self.error or e
-            raise
+        for attempt in range(self.RETRIES + 1):
+            pos = self.f.tell()
+            try:
+                return fn(*args)
+            except OSError as e:
+                if attempt == self.RETRIES or _os_error(e).kind != "read_error":
+                    self.error = self.error or e
+                    raise
+                time.sleep(0.2 * 2**attempt)
+                self.f.seek(pos)
 
     def read(self, n=-1):
         return self._guard(self.f.read, n)
@@ -200,7 +208,8 @@ def _ffmpeg_blocks(fs, path, limits: DecodeLimits, deadline: float) -> Iterator[
 
 def _spool(fs, path: str, dest: str, max_bytes: int) -> None:
     n = 0
-    with _open(fs, path) as src, open(dest, "wb") as out:
+    with _open(fs, path) as raw, open(dest, "wb") as out:
+        src = _ReadGuard(raw)
         while True:
             try:
                 chunk = src.read(1 << 20)
