@@ -1,9 +1,11 @@
 """A fault-injecting HTTP proxy on 127.0.0.1 in front of an S3 server (moto) for reliability tests.
 
 Clients use the proxy's URL as their S3 endpoint. Normally it forwards every request unchanged; `inject()` makes it
-answer matching requests with 500 / 503 (S3-style XML error bodies, which SDKs retry) or 404 NoSuchKey (the
-object deleted under the reader, not retried), drop the connection
-before answering, or cut the response body short, for the next N matching requests or for a stretch of seconds.
+answer matching requests with 500 / 503 (S3-style XML error bodies, which SDKs retry), 403 AccessDenied (a
+permission revoked) or 404 NoSuchKey (the object deleted under the reader), which are not retried, drop the
+connection before answering, or cut the response body short, for the next N matching requests or for a stretch
+of seconds. `every=k` fails only every k-th matching request: each SDK retry (backoff doubling from about 1 s)
+then costs one short wait, so a long stretch of faults stays cheap in test time.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-MODES = ("500", "503", "404", "drop", "truncate")
+MODES = ("500", "503", "403", "404", "drop", "truncate")
 _HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"}
 
 
@@ -27,7 +29,9 @@ class Fault:
     path: str = ""  # regex searched in the request path ('' -> any)
     count: int | None = None  # matching requests to fail; None -> until `until`
     until: float | None = None  # time.monotonic() deadline; None -> until count is used up
+    every: int = 1  # fail every k-th matching request, pass the others
     hits: int = 0
+    seen: int = 0
 
     def matches(self, method: str, path: str) -> bool:
         if self.methods and method not in self.methods:
@@ -81,15 +85,16 @@ class FaultProxy:
         path: str = "",
         count: int | None = None,
         seconds: float | None = None,
+        every: int = 1,
     ) -> Fault:
-        """Fail matching requests (`count` of them, or for `seconds`, or both: whichever ends first)."""
+        """Fail matching requests (`count` of them, or for `seconds`, or both: whichever ends first);
+        faults injected together act one after the other, in order."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         if count is None and seconds is None:
             raise ValueError("give count or seconds")
-        fault = Fault(
-            mode, tuple(methods), path, count, None if seconds is None else time.monotonic() + seconds
-        )
+        until = None if seconds is None else time.monotonic() + seconds
+        fault = Fault(mode, tuple(methods), path, count, until, every)
         with self._lock:
             self._faults.append(fault)
         return fault
@@ -103,6 +108,9 @@ class FaultProxy:
             self.stats.requests += 1
             for fault in self._faults:
                 if fault.live() and fault.matches(method, path):
+                    fault.seen += 1
+                    if fault.seen % fault.every:
+                        break  # this fault's turn to let one through
                     fault.hits += 1
                     self.stats.faults[fault.mode] = self.stats.faults.get(fault.mode, 0) + 1
                     return fault
@@ -132,7 +140,7 @@ class FaultProxy:
                 return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
             def _error(self, status: int) -> None:
-                code = {500: "InternalError", 503: "SlowDown", 404: "NoSuchKey"}[status]
+                code = {500: "InternalError", 503: "SlowDown", 403: "AccessDenied", 404: "NoSuchKey"}[status]
                 body = (
                     f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
                     f"<Message>injected fault</Message><RequestId>fault</RequestId></Error>"
@@ -153,7 +161,7 @@ class FaultProxy:
             def _forward(self, method: str) -> None:
                 body = self._body()
                 fault = proxy._pick(method, self.path)
-                if fault is not None and fault.mode in ("500", "503", "404"):
+                if fault is not None and fault.mode in ("500", "503", "403", "404"):
                     self._error(int(fault.mode))
                     return
                 if fault is not None and fault.mode == "drop":
