@@ -76,10 +76,10 @@ def test_inference_actor_killed_mid_batch(ray_local, tmp_path):
 def test_worker_node_removed_mid_run(two_node_cluster, tmp_path):
     """The only GPU node (where the inference actors must run) dies mid-run and a replacement joins."""
     cluster, gpu_node = two_node_cluster
-    ids = archive(tmp_path / "in", 12)
+    ids = archive(tmp_path / "in", 40, seconds=4.0)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "jobs.run", "--input", str(tmp_path / "in"), "--output", str(out)]
-    cmd += ["--address", cluster.address, "--gpus-per-worker", "1", "--workers", "1", "--batch-size", "2"]
+    cmd += ["--address", cluster.address, "--gpus-per-worker", "1", "--workers", "1", "--batch-size", "1"]
     cmd += ["--commit-every-s", "0.5"]
     log = tmp_path / "driver.log"
     with open(log, "wb") as f:
@@ -87,7 +87,7 @@ def test_worker_node_removed_mid_run(two_node_cluster, tmp_path):
     replacement = None
     try:
         _wait_for(lambda: list((out / "files").rglob("*.parquet")), proc, 180, log)
-        old_node = gpu_node.unique_id
+        old_node = gpu_node.node_id
         cluster.remove_node(gpu_node, allow_graceful=False)
         replacement = cluster.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.1")
         rc = proc.wait(timeout=240)
@@ -99,7 +99,7 @@ def test_worker_node_removed_mid_run(two_node_cluster, tmp_path):
     from pipeline import read_results
 
     nodes = set(read_results(str(out)).chunks.column("node_id").to_pylist())
-    assert old_node in nodes and replacement.unique_id in nodes, "work did not span the node loss"
+    assert old_node in nodes and replacement.node_id in nodes, f"work did not span the node loss: {nodes}"
 
 
 def test_object_store_errors_and_dropped_connections(ray_local, s3_server, tmp_path):
