@@ -372,6 +372,8 @@ def _download_s3(uri: str, root: Path, endpoint_url: str | None) -> Path:
         if not rel or rel.endswith("/"):
             continue
         dest = target / rel
+        if ".." in Path(rel).parts or Path(rel).is_absolute():  # a hostile key must not write outside target
+            raise ValueError(f"s3://{bucket}/{obj['Key']}: object key escapes the model prefix")
         etag = obj.get("ETag", "").strip('"')
         if dest.exists() and _matches(dest, obj["Size"], etag):
             continue
