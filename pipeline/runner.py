@@ -142,7 +142,8 @@ def _ensure_ray(opts: RunOptions) -> bool:
     elif address:  # joining a cluster from outside a job: ship this checkout's code to its workers
         kwargs.update(address=address, runtime_env={"working_dir": _repo_root(), "excludes": SHIP_EXCLUDES})
     else:  # embedded local cluster: no dashboard, nothing listening beyond loopback
-        kwargs.update(include_dashboard=False, _node_ip_address="127.0.0.1")
+        # address="local": never auto-join a `ray start` cluster that happens to run on this machine
+        kwargs.update(address="local", include_dashboard=False, _node_ip_address="127.0.0.1")
         kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": _repo_root()}}
     try:
         ray.init(**kwargs)

@@ -31,6 +31,7 @@ def test_pipeline_run_exports_chunk_and_run_metrics(prometheus_stack, tmp_path):
         pytest.skip("Ray already initialised in this process by another test")
     p = prometheus_stack
     ray.init(
+        address="local",  # a fresh local Ray even while another test's `ray start` head runs
         num_cpus=2,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",

@@ -194,6 +194,7 @@ def test_ray_actor_metrics_reach_prometheus_through_the_export_port(prometheus_s
         pytest.skip("Ray already initialised in this process by another test")
     p = prometheus_stack
     ray.init(
+        address="local",  # a fresh local Ray even while another test's `ray start` head runs
         num_cpus=1,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
