@@ -47,7 +47,10 @@ class Plan:
     """What one invocation measures (presets below; flags override)."""
 
     hidden: int = 256
-    layers: int = 36
+    # 12 of the 3B's 36 layers: one single-threaded 36-layer prefill of 7500 tokens costs ~40 CPU-seconds here,
+    # and 2 rounds of 16 configurations would not fit the 15-minute budget (--layers 36 to run it anyway)
+    layers: int = 12
+    threads: int | None = 1  # CPU runs: one thread, timed by process CPU time (None: torch's default)
     lengths: tuple[int, ...] = (1500, 7500)
     rounds: tuple[int, ...] = (3, 2)  # per length; 7500 tokens cost ~25 s per vanilla prefill here
     memory_length: int = 7500
@@ -85,6 +88,8 @@ QUICK = Plan(
 )
 GPU = replace(
     FULL,
+    layers=36,
+    threads=None,
     rounds=(10, 10),
     memory_configs=tuple((m, r) for m in METHODS for r in RETAINS),
     engine_lm_head=True,
@@ -112,25 +117,30 @@ def time_prefill(bench, lengths, rounds, configs) -> dict:
     return out
 
 
-def prefill_rows(shape, timings: dict) -> list[dict]:
+def prefill_rows(shape, timings: dict, basis: str = "wall") -> list[dict]:
+    """Rows per (length, method, retain). basis "cpu": speed-ups from process CPU time (single-threaded runs
+    on shared cores: immune to other processes), "wall": from wall-clock time (GPU, or several threads)."""
+    suffix = "_cpu_s" if basis == "cpu" else "_s"
+    total = "cpu_s" if basis == "cpu" else "seconds"
     rows = []
     for n, samples in timings.items():
         vanilla = samples[("vanilla", 1.0)]
-        van_s = statistics.median(s["seconds"] for s in vanilla)
+        van = statistics.median(s[total] for s in vanilla)
         for (method, retain), runs in samples.items():
             first = runs[0]
-            ratios = [v["seconds"] / s["seconds"] for v, s in zip(vanilla, runs)]  # same round
-            cpu_ratios = [v["cpu_s"] / s["cpu_s"] for v, s in zip(vanilla, runs)]
+
+            def paired(key, runs=runs, vanilla=vanilla):  # median of vanilla / method, same round
+                return statistics.median(v[key] / s[key] for v, s in zip(vanilla, runs))
+
             bound = speedup_bound(shape.text, first["seq_len"], first["kept_len"], shape.layer)
-            speedup = statistics.median(ratios)
-            prune_s = statistics.median(s["prune_s"] for s in runs)
+            speedup = paired(total)
+            prune = statistics.median(s["prune" + suffix] for s in runs)
             fl_van = prefill_flops(shape.text, first["seq_len"], None, shape.layer)
             fl = prefill_flops(shape.text, first["seq_len"], first["kept_len"], shape.layer)
             late = None
-            if first.get("late_s") is not None:
-                # do the layers >= M speed up as their FLOPs say? (same round, median)
-                late_ratio = statistics.median(v["late_s"] / s["late_s"] for v, s in zip(vanilla, runs))
-                late = late_ratio / (fl_van["late"] / fl["late"])
+            if first.get("late" + suffix) is not None:
+                # do the layers >= M alone speed up as their FLOPs say?
+                late = paired("late" + suffix) / (fl_van["late"] / fl["late"])
             rows.append(
                 {
                     "audio_tokens": n,
@@ -139,20 +149,24 @@ def prefill_rows(shape, timings: dict) -> list[dict]:
                     "seq_len": first["seq_len"],
                     "kept_len": first["kept_len"],
                     "kept_audio": first["kept_audio"],
-                    "median_s": statistics.median(s["seconds"] for s in runs),
-                    "all_s": [s["seconds"] for s in runs],
+                    "basis": basis,
+                    "median_s": statistics.median(s[total] for s in runs),
+                    "median_wall_s": statistics.median(s["seconds"] for s in runs),
+                    "median_cpu_s": statistics.median(s["cpu_s"] for s in runs),
+                    "all_wall_s": [s["seconds"] for s in runs],
+                    "all_cpu_s": [s["cpu_s"] for s in runs],
                     "loadavg": [s["loadavg"] for s in runs],
                     "speedup": speedup,
-                    "speedup_of_medians": van_s / statistics.median(s["seconds"] for s in runs),
-                    # CPU time is steadier than wall time when other processes share the cores
-                    "speedup_cpu_time": statistics.median(cpu_ratios),
+                    "speedup_wall": paired("seconds"),
+                    "speedup_cpu_time": paired("cpu_s"),
                     "flop_bound": bound,
                     "efficiency": speedup / bound,
-                    "prune_hook_s": prune_s,
-                    "early_s": _median_or_none(runs, "early_s"),
-                    "late_s": _median_or_none(runs, "late_s"),
+                    "efficiency_wall": paired("seconds") / bound,
+                    "prune_hook_s": prune,
+                    "early_s": _median_or_none(runs, "early" + suffix),
+                    "late_s": _median_or_none(runs, "late" + suffix),
                     "late_layers_efficiency": late,
-                    "prune_share_of_vanilla": prune_s / van_s,
+                    "prune_share_of_vanilla": prune / van,
                     "kv_bytes_full": first["kv_bytes_full"],
                     "kv_bytes_kept": first["kv_bytes_kept"],
                 }
@@ -267,6 +281,11 @@ def run(what: str, quick: bool, full_size: bool, out: Path, overrides: dict) -> 
     plan = replace(plan, **{k: v for k, v in overrides.items() if v is not None})
     if len(plan.rounds) != len(plan.lengths):
         plan = replace(plan, rounds=(plan.rounds[-1],) * len(plan.lengths))
+    if plan.threads and not full_size:
+        import torch
+
+        torch.set_num_threads(plan.threads)
+        os.environ["OMP_NUM_THREADS"] = str(plan.threads)  # the memory children inherit it
     if full_size:
         import torch
 
@@ -295,7 +314,10 @@ def run(what: str, quick: bool, full_size: bool, out: Path, overrides: dict) -> 
         methods = METHODS if what != "routing" else ("headrouter",)
         configs = [("vanilla", 1.0)] + [(m, r) for m in methods for r in RETAINS]
         timings = time_prefill(bench, plan.lengths, plan.rounds, configs)
-        results["prefill"] = prefill_rows(shape, timings)
+        import torch
+
+        basis = "cpu" if shape.device == "cpu" and torch.get_num_threads() == 1 else "wall"
+        results["prefill"] = prefill_rows(shape, timings, basis)
         results["full_size_bounds"] = full_size_bounds()
     if what in ("memory", "all"):
         results["memory"] = memory_rows(shape, plan, bench)
@@ -343,16 +365,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lengths", type=_ints, help="audio token counts, e.g. 1500,7500")
     p.add_argument("--rounds", type=_ints, help="timed rounds per length, e.g. 5,3")
     p.add_argument(
-        "--threads", type=int, help="torch threads for the prefill and memory runs (default: torch's)"
+        "--threads", type=int, help="torch threads for the prefill and memory runs (default 1 on CPU)"
     )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the memory children inherit it
-    overrides = {"hidden": args.hidden, "layers": args.layers, "lengths": args.lengths, "rounds": args.rounds}
+    overrides = {
+        "threads": args.threads,
+        "hidden": args.hidden,
+        "layers": args.layers,
+        "lengths": args.lengths,
+        "rounds": args.rounds,
+    }
     results = run(args.what, args.quick, args.full_size, args.out, overrides)
     print((args.out / "bench.md").read_text())
     return 0 if results else 1

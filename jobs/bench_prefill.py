@@ -165,8 +165,8 @@ class BenchModel:
 
     def prefill(self, audio_tokens: int, method: str, retain: float) -> dict:
         """One prefill: {"seconds", "cpu_s" (process CPU time), "prune_s" (time inside the pruning hook at
-        layer M), "early_s"/"late_s" (decoder layers < M / >= M), "seq_len", "kept_len", "audio_tokens",
-        "kept_audio", "kv_bytes_full", "kv_bytes_kept"}."""
+        layer M), "early_s"/"late_s" (decoder layers < M / >= M), the same three as "*_cpu_s", "seq_len",
+        "kept_len", "audio_tokens", "kept_audio", "kv_bytes_full", "kv_bytes_kept"}."""
         from headrouter.kv import kv_bytes
         from headrouter.options import PruneOptions
 
@@ -204,16 +204,18 @@ class BenchModel:
         rec = handle.record if handle is not None else None
         kept_audio = rec.kept_tokens if rec is not None else audio_tokens
         audio = rec.audio_tokens if rec is not None else audio_tokens
-        prune_s = (marks["m_out"] - marks["m_in"]) if handle is not None else 0.0
         m = self.shape.layer
-        spans = [marks[("out", i)] - marks[("in", i)] for i in range(len(self.lalm.layers))] if timers else []
-        return {
-            "seconds": seconds,
-            "cpu_s": cpu_s,
-            "prune_s": prune_s,
+        out_row = {"seconds": seconds, "cpu_s": cpu_s}
+        for clock, suffix in ((0, "_s"), (1, "_cpu_s")):  # wall clock, then process CPU time
+            prune = (marks["m_out"][clock] - marks["m_in"][clock]) if handle is not None else 0.0
+            n_layers = len(self.lalm.layers) if timers else 0
+            spans = [marks[("out", i)][clock] - marks[("in", i)][clock] for i in range(n_layers)]
+            out_row["prune" + suffix] = prune
             # decoder layers < M (full length) and >= M (kept length, pruning hook excluded); None on GPU
-            "early_s": sum(spans[:m]) if spans else None,
-            "late_s": sum(spans[m:]) - prune_s if spans else None,
+            out_row["early" + suffix] = sum(spans[:m]) if timers else None
+            out_row["late" + suffix] = sum(spans[m:]) - prune if timers else None
+        return {
+            **out_row,
             "seq_len": seq_len,
             "kept_len": seq_len - audio + kept_audio,
             "audio_tokens": audio,
@@ -222,9 +224,9 @@ class BenchModel:
             "kv_bytes_kept": kept,
         }
 
-    def _mark(self, marks: dict, key: str) -> None:
+    def _mark(self, marks: dict, key) -> None:
         self._sync()
-        marks[key] = time.perf_counter()
+        marks[key] = (time.perf_counter(), time.process_time())
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

@@ -154,6 +154,13 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _basis(res: dict) -> str:
+    pre = res.get("prefill") or [{}]
+    if pre[0].get("basis") == "cpu":
+        return "process CPU time of a single-threaded prefill (other processes on the shared cores cannot inflate it)"
+    return "wall-clock time"
+
+
 def _met(v: bool | None) -> str:
     return "not measured" if v is None else ("met" if v else "**missed**")
 
@@ -183,11 +190,12 @@ def render_markdown(res: dict) -> str:
             f"\n## Prefill\n\nModel: Qwen2.5-Omni thinker, {t['layers']} layers, hidden {t['hidden']}, "
             f"{t['heads']} heads / {t['kv_heads']} KV heads (head_dim {t['head_dim']}), MLP {t['intermediate']}, "
             f"vocab {t['vocab']}, {shape['params'] / 1e6:.0f} M parameters, {shape['dtype']} on {shape['device']}, "
-            f"dummy weights, pruning at layer {shape['layer']}. Speed-up = median over rounds of vanilla / method "
-            "time in the same round; bound = FLOP ratio (jobs/bench_flops.py); efficiency = speed-up / bound "
-            "(wall time; the CPU-time column uses process CPU time, steadier on shared cores); hook = time inside "
-            "the pruning pre-hook of layer M (probe, scoring, selection, slicing); eff. layers >= M = the speed-up of the "
-            "decoder layers >= M alone over their FLOP ratio (does the pruned part scale as its FLOPs say?).\n\n"
+            f"dummy weights, pruning at layer {shape['layer']}, {res['machine']['torch_threads']} torch thread(s). "
+            f"Timing basis: **{_basis(res)}**. Speed-up = median over rounds of vanilla / method time in the same "
+            "round; bound = FLOP ratio (jobs/bench_flops.py); efficiency = speed-up / bound (the wall column uses "
+            "wall-clock time whatever the basis); hook = time inside the pruning pre-hook of layer M (probe, "
+            "scoring, selection, slicing); eff. layers >= M = the speed-up of the decoder layers >= M alone over "
+            "their FLOP ratio (does the pruned part scale as its FLOPs say?). Times in seconds of the basis.\n\n"
         )
     pre = res.get("prefill") or []
     if pre:
@@ -201,7 +209,7 @@ def render_markdown(res: dict) -> str:
                 f"{r['speedup']:.2f}x",
                 f"{r['flop_bound']:.2f}x",
                 f"{r['efficiency']:.2f}",
-                f"{r['speedup_cpu_time'] / r['flop_bound']:.2f}",
+                f"{r['efficiency_wall']:.2f}",
                 "-" if r.get("late_layers_efficiency") is None else f"{r['late_layers_efficiency']:.2f}",
                 "-" if r.get("early_s") is None else f"{r['early_s']:.2f} / {r['late_s']:.2f}",
                 f"{r['prune_hook_s'] * 1e3:.1f}",
@@ -211,7 +219,7 @@ def render_markdown(res: dict) -> str:
             for r in pre
         ]
         header = ["audio tokens", "method", "retain", "kept/total", "median s", "speed-up", "FLOP bound"]
-        header += ["efficiency", "eff. (CPU time)", "eff. layers >= M", "s in layers < M / >= M"]
+        header += ["efficiency", "eff. (wall)", "eff. layers >= M", "s in layers < M / >= M"]
         header += ["hook ms", "hook / vanilla", "KV MiB"]
         parts.append(_table(header, rows))
     fsb = res.get("full_size_bounds")

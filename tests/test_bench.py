@@ -137,7 +137,11 @@ def test_quick_prefill_structure(quick_run):
     }
     assert len(rows) == 16 * len(lengths)
     for r in rows:
-        assert len(r["all_s"]) == res["plan"]["rounds"][lengths.index(r["audio_tokens"])]
+        assert (
+            len(r["all_wall_s"])
+            == len(r["all_cpu_s"])
+            == res["plan"]["rounds"][lengths.index(r["audio_tokens"])]
+        )
         assert r["kept_audio"] == int(r["audio_tokens"] * r["retain"] + 1e-9)
         assert r["kept_len"] == r["seq_len"] - r["audio_tokens"] + r["kept_audio"]
         assert r["efficiency"] == pytest.approx(r["speedup"] / r["flop_bound"])
