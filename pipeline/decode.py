@@ -20,6 +20,7 @@ import numpy as np
 from pyarrow import fs as pafs
 
 SAMPLE_RATE = 16000
+MAX_BLOCK_BYTES = 32 << 20  # one decoded block ([frames, channels] float32) at most
 
 
 class DecodeError(Exception):
@@ -171,7 +172,8 @@ def _read_soundfile(snd, f: _ReadGuard, limits: DecodeLimits) -> Iterator[np.nda
 
     sr = snd.samplerate
     resampler = soxr.ResampleStream(sr, SAMPLE_RATE, 1, dtype="float32") if sr != SAMPLE_RATE else None
-    blocksize = max(1024, int(limits.block_s * sr))
+    # A block is limited in bytes too: 10 s of 256 channels at 48 kHz would be half a gigabyte of float32.
+    blocksize = max(1024, min(int(limits.block_s * sr), MAX_BLOCK_BYTES // (4 * snd.channels)))
     try:
         while True:
             try:
