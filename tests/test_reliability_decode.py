@@ -7,6 +7,7 @@ import subprocess
 import time
 import tracemalloc
 
+import numpy as np
 import pytest
 from pyarrow import fs as pafs
 
@@ -158,3 +159,22 @@ def test_store_failing_mid_file_is_an_error_not_a_short_ok(s3_server, mode):
         assert proxy.stats.faults.get(mode, 0) > 0
     assert failed.value.kind in ("read_error", "not_found"), str(failed.value)
     assert got < 40.0
+
+
+def test_many_channels_keep_blocks_small(tmp_path):
+    """Memory per block must be bounded in bytes, not only in seconds: 256 channels at 48 kHz would make a
+    10-second block of float32 half a gigabyte."""
+    import soundfile as sf
+
+    path = tmp_path / "wide.wav"
+    with sf.SoundFile(path, "w", samplerate=48000, channels=256, subtype="PCM_16") as f:
+        for _ in range(4):  # 4 s: 98 MB of int16 on disk, 196 MB as float32
+            f.write(np.tile(tone(1.0, sr=48000)[:, None], (1, 256)))
+    tracemalloc.start()
+    try:
+        total = sum(b.size for b in decode_stream(LOCAL, str(path)))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert total == 4 * SAMPLE_RATE
+    assert peak < 100 << 20, f"peak {peak >> 20} MiB for one block"
