@@ -217,7 +217,7 @@ def memory_rows(shape, plan: Plan, bench=None) -> list[dict]:
     from jobs.bench_prefill import measure_peak_cuda, peak_memory_child
 
     configs = [("vanilla", 1.0, True)] + [(m, r, True) for m, r in plan.memory_configs]
-    if plan.engine_lm_head and bench is not None:
+    if plan.engine_lm_head:
         configs += [("vanilla", 1.0, False), ("headrouter", 0.4, False)]
     rows = []
     for method, retain, last_only in configs:
@@ -227,7 +227,7 @@ def memory_rows(shape, plan: Plan, bench=None) -> list[dict]:
             r = measure_peak_cuda(bench, plan.memory_length, method, retain)
             bench.set_last_position_only(True)
         else:
-            r = peak_memory_child(shape, plan.memory_length, method, retain)
+            r = peak_memory_child(shape, plan.memory_length, method, retain, last_only)
         lm_head = "last position" if last_only else "every position (engine today)"
         rows.append(dict(r, method=method, retain=retain, audio_tokens=plan.memory_length, lm_head=lm_head))
     # What the paper's FastV baseline would hold on top: one layer's eager attention weights [H, T, T].

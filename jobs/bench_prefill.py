@@ -256,11 +256,11 @@ def _memory_fields(r: dict) -> dict:
     return {k: r[k] for k in ("seq_len", "kept_len", "kv_bytes_full", "kv_bytes_kept")}
 
 
-def measure_peak(shape: Shape, audio_tokens: int, method: str, retain: float) -> dict:
+def measure_peak(shape: Shape, audio_tokens: int, method: str, retain: float, last_only: bool = True) -> dict:
     """In this (fresh) process: build the model, then one prefill with the peak RSS measured around it only."""
     import gc
 
-    bench = BenchModel(shape)
+    bench = BenchModel(shape, last_position_only=last_only)
     bench.inputs(audio_tokens)
     gc.collect()
     reset = _reset_peak_rss()
@@ -296,12 +296,18 @@ def measure_peak_cuda(bench: BenchModel, audio_tokens: int, method: str, retain:
 
 
 def peak_memory_child(
-    shape: Shape, audio_tokens: int, method: str, retain: float, timeout_s: float = 600
+    shape: Shape,
+    audio_tokens: int,
+    method: str,
+    retain: float,
+    last_only: bool = True,
+    timeout_s: float = 600,
 ) -> dict:
     """`measure_peak` in a fresh Python process (nothing allocated by earlier runs can hide or inflate it)."""
     from dataclasses import asdict
 
     spec = {"shape": asdict(shape), "audio_tokens": audio_tokens, "method": method, "retain": retain}
+    spec["last_only"] = last_only
     proc = subprocess.run(
         [sys.executable, "-m", "jobs.bench_prefill", json.dumps(spec)],
         capture_output=True,
@@ -320,7 +326,8 @@ def _child_main(arg: str) -> None:
     shape = Shape(
         name=s["name"], text=TextShape(**s["text"]), layer=s["layer"], device=s["device"], dtype=s["dtype"]
     )
-    print(json.dumps(measure_peak(shape, spec["audio_tokens"], spec["method"], spec["retain"])))
+    args = (shape, spec["audio_tokens"], spec["method"], spec["retain"], spec["last_only"])
+    print(json.dumps(measure_peak(*args)))
 
 
 if __name__ == "__main__":
