@@ -67,10 +67,13 @@ def make_archive(path: Path, hours: float) -> Path:
 
 @dataclass
 class Sampler:
-    """Samples the resident memory of this process and all its descendants (Ray's processes) every second."""
+    """Samples the private resident memory (RssAnon: heap, not the shared object store pages that RSS counts once
+    per process mapping them) of this process and all its descendants (Ray's processes) every second."""
 
     interval_s: float = 1.0
-    samples: list = field(default_factory=list)  # (t, total_rss_mb, max_process_rss_mb, processes)
+    samples: list = field(
+        default_factory=list
+    )  # (t, total_mb, max_process_mb, processes): private (RssAnon) memory
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> Sampler:
@@ -98,7 +101,7 @@ def _tree_rss_mb(root: int) -> list[float]:
         except OSError:
             continue
         parent[int(entry)] = int(fields.get("PPid", "0").strip() or 0)
-        rss[int(entry)] = float(fields.get("VmRSS", "0 kB").split()[0]) / 1024
+        rss[int(entry)] = float(fields.get("RssAnon", "0 kB").split()[0]) / 1024
     out = []
     for pid in rss:
         p = pid
@@ -110,13 +113,28 @@ def _tree_rss_mb(root: int) -> list[float]:
 
 
 class Timeline:
-    """Run observer: the arrival time and audio seconds of every chunk row."""
+    """Run observer: the arrival time and audio seconds of every chunk row, and the model's time on it."""
 
     def __init__(self):
         self.rows: list[tuple[float, float]] = []
+        self.model_s: list[float] = []
 
     def observe(self, row: dict) -> None:
         self.rows.append((time.monotonic(), float(row["end_s"] or 0.0) - float(row["start_s"] or 0.0)))
+        self.model_s.append(float(row.get("prefill_s") or 0.0) + float(row.get("decode_s") or 0.0))
+
+
+def thirds(values: list[float]) -> dict:
+    """Mean of the first and the last third (a per-row cost that must not grow over the run)."""
+    k = len(values) // 3
+    if k == 0:
+        return {"first_third": None, "last_third": None, "ratio": None}
+    first, last = float(np.mean(values[:k])), float(np.mean(values[-k:]))
+    return {
+        "first_third": round(first, 4),
+        "last_third": round(last, 4),
+        "ratio": last / first if first else None,
+    }
 
 
 def throughput(rows: list[tuple[float, float]], key: str, windows: int = 9) -> dict:
@@ -177,6 +195,7 @@ def _phase(name: str, opts, sampler: Sampler, expect_sources: int, key: str) -> 
         "wall_s": round(end - start, 1),
         "every_row_present": bool(present and contiguous and len(timeline.rows) == len(chunks)),
         "throughput": throughput(timeline.rows, key),
+        "model_s_per_chunk": thirds(timeline.model_s),
         "memory": memory(sampler.samples, start, end),
         "errors": summary.errors,
     }
@@ -191,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default="/tmp/headrouter-load")
     p.add_argument("--model", default="tiny-random")
     p.add_argument("--workers", default="1..2")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="chunks per model call for the short files")
+    p.add_argument("--archive-batch-size", type=int, default=2, help="chunks per model call for the archive")
     p.add_argument("--max-new-tokens", type=int, default=8)
     p.add_argument("--json", default=None, help="write the figures here as JSON")
     a = p.parse_args(argv)
@@ -206,21 +226,22 @@ def main(argv: list[str] | None = None) -> int:
     short = make_short_files(work / "short", a.files) if a.files else []
     archive = make_archive(work / "archive" / f"archive-{a.hours:g}h.ogg", a.hours) if a.hours else None
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    base = dict(
-        model=a.model, workers=_workers(a.workers), batch_size=a.batch_size, max_new_tokens=a.max_new_tokens
-    )
+    base = dict(model=a.model, workers=_workers(a.workers), max_new_tokens=a.max_new_tokens)
     repo = str(Path(__file__).resolve().parents[1])
-    ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.WARNING,
+    # address="local": always a fresh embedded Ray, never another `ray start` cluster running on the machine
+    ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.WARNING,
              runtime_env={"env_vars": {"PYTHONPATH": repo}})  # fmt: skip
     ray.data.DataContext.get_current().enable_progress_bars = False
     sampler = Sampler().start()
     results = []
     try:
         if short:
-            opts = RunOptions(input=str(work / "short"), output=str(work / "out" / f"short-{stamp}"), **base)
+            out = str(work / "out" / f"short-{stamp}")
+            opts = RunOptions(input=str(work / "short"), output=out, batch_size=a.batch_size, **base)
             results.append(_phase("short_files", opts, sampler, len(short), "rows"))
         if archive is not None:
-            opts = RunOptions(input=str(archive), output=str(work / "out" / f"archive-{stamp}"), **base)
+            out = str(work / "out" / f"archive-{stamp}")
+            opts = RunOptions(input=str(archive), output=out, batch_size=a.archive_batch_size, **base)
             results.append(_phase("archive", opts, sampler, 1, "audio_s"))
     finally:
         sampler.stop()
@@ -234,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['phase']:<12} sources {r['files_ok']}/{r['sources']} ok, {r['chunks']} chunks, "
             f"{r['audio_hours']} h audio in {r['wall_s']} s; rows present: {r['every_row_present']}; "
             f"throughput first/last third {t['first_third']}/{t['last_third']} (ratio {t['ratio']}); "
-            f"peak RSS {m.get('peak_total_mb')} MB total (first/last third {m.get('peak_first_third_mb')}/"
+            f"model s/chunk first/last third {r['model_s_per_chunk']['first_third']}/"
+            f"{r['model_s_per_chunk']['last_third']}; "
+            f"peak private RSS {m.get('peak_total_mb')} MB total (first/last third {m.get('peak_first_third_mb')}/"
             f"{m.get('peak_last_third_mb')} MB, largest process {m.get('peak_process_mb')} MB)"
         )
     return 0 if all(r["every_row_present"] for r in results) else 1
