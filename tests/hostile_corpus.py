@@ -125,8 +125,8 @@ def corpus() -> list[Hostile]:
     good = wav_bytes(tone(2.0))
     flac = io.BytesIO()
     sf.write(flac, tone(4.0), SR, format="FLAC")
-    short = ("invalid_audio", "too_short", "empty", "decode_error")
-    undecodable = ("decode_error", "no_audio", "empty")
+    short = ("invalid_audio",)  # decodes, but the model's 40 ms minimum rejects it
+    undecodable = ("decode_error",)
     return [
         Hostile("zero_bytes", "zero bytes.wav", _bytes(b""), ("empty",)),
         Hostile("header_only", "header_only.wav", _bytes(wav_header(0)), ("empty", "decode_error")),
@@ -154,7 +154,7 @@ def corpus() -> list[Hostile]:
             "absurd_rate",
             "absurd_rate.wav",
             _bytes(wav_header(4_000_000_000, sr=4_000_000_000, channels=6) + b"\x01" * 4000),
-            short + ("too_long",),
+            undecodable,
         ),
         Hostile("one_sample", "one_sample.wav", _bytes(wav_bytes(np.array([0.5], np.float32))), short),
         Hostile("pcm_u8", "pcm_u8.wav", _sf(tone(1.5), SR, "PCM_U8"), duration_s=1.5),
