@@ -5,7 +5,8 @@ Reading rule (the only one readers should use):
    run_id, attempt_id) wins; earlier rows for that id (a failed attempt later retried) are superseded.
 2. chunks/ rows count only if their (attempt_id, id) matches the winning files/ row; chunk rows of sources that
    never got a files/ row (a killed run) are ignored, and a repeated (attempt_id, id, chunk_index) is kept once.
-3. Hidden names ('.*', temporary uploads) and unreadable Parquet files are skipped.
+3. Hidden names ('.*', temporary uploads) and files that are not Parquet are skipped; a part the store fails to
+   read is an error (OSError), never silently missing rows.
 """
 
 from __future__ import annotations
@@ -43,9 +44,10 @@ def read_parts(fs: pafs.FileSystem, folder: str, schema: pa.Schema) -> pa.Table:
             continue
         try:
             t = pq.read_table(info.path, filesystem=fs)
-        except (pa.ArrowException, OSError) as e:  # e.g. a truncated part written by another tool
+        except pa.ArrowInvalid as e:  # not Parquet, e.g. a truncated part written by another tool
             log.warning("skipping unreadable part %s: %s", info.path, e)
             continue
+        # An OSError (store refusing or failing the read) propagates: skipping would silently drop rows.
         tables.append(t.select([n for n in schema.names if n in t.column_names]).cast(_sub(schema, t)))
     if not tables:
         return schema.empty_table()
