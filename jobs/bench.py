@@ -64,8 +64,9 @@ class Plan:
         ("dart", 0.4),
     )
     engine_lm_head: bool = False  # also measure vanilla and headrouter 0.4 with lm_head on every position
-    pipeline_files: int = 10
+    pipeline_files: int = 6
     pipeline_file_s: float = 120.0
+    pipeline_model: str = "bench-12l"  # the scaled 3B-shaped thinker at 12 layers, saved as a folder
     pipeline_actors: tuple[int, ...] = (1, 2)
     pipeline_marginal: bool = True  # also run 2N files to split fixed from marginal cost
     rtf_file_s: float = 300.0
@@ -84,6 +85,7 @@ QUICK = Plan(
     pipeline_file_s=5.0,
     pipeline_actors=(1,),
     pipeline_marginal=False,
+    pipeline_model="tiny-random",
     rtf_file_s=20.0,
     memory_minutes=(0.25, 1),
 )
@@ -332,13 +334,21 @@ def run(what: str, quick: bool, full_size: bool, out: Path, overrides: dict) -> 
             log.info("pipeline: decode-and-chunk peak memory for %s minutes", plan.memory_minutes)
             results["decode_memory"] = decode_memory(folder, plan.memory_minutes)
             log.info("pipeline: Ray Data vs the model alone, %s actors", plan.pipeline_actors)
+            model = plan.pipeline_model
+            if model.startswith("bench-"):
+                from jobs.bench_pipeline import save_bench_model
+
+                layers = int(model.split("-")[1].rstrip("l"))
+                model = str(save_bench_model(folder / model, plan.hidden, layers))
             results["pipeline"] = pipeline_throughput(
                 folder,
                 plan.pipeline_files,
                 plan.pipeline_file_s,
                 actors=plan.pipeline_actors,
                 marginal=plan.pipeline_marginal,
+                model=model,
             )
+            results["pipeline"]["model"] = plan.pipeline_model
     results["machine"]["loadavg_end"] = os.getloadavg()
     results["duration_s"] = time.time() - started
     results["targets"] = targets(results)

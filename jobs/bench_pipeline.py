@@ -42,6 +42,42 @@ def make_audio(path: str | Path, seconds: float, rate: int = 16000, channels: in
     return path
 
 
+def save_bench_model(path: Path, hidden: int = 256, layers: int = 12, seed: int = 0) -> Path:
+    """A model folder load_lalm reads (config, safetensors, tokenizer, feature extractor): the scaled 3B-shaped
+    thinker of the prefill benchmark, so the pipeline's model does real work per chunk (tiny-random does
+    ~0.1 s per 2-minute chunk, which leaves nothing to compare the pipeline's fixed costs with)."""
+    import torch
+    from transformers import GenerationConfig, Qwen2_5OmniThinkerForConditionalGeneration
+
+    from headrouter.audio import make_feature_extractor
+    from headrouter.tiny import build_word_tokenizer, special_token_ids, tiny_thinker_config
+    from jobs.bench_prefill import scaled_3b_shape
+
+    if (path / "config.json").exists():
+        return path
+    t = scaled_3b_shape(hidden, layers).text
+    tok = build_word_tokenizer()
+    config = tiny_thinker_config(
+        len(tok),
+        tok,
+        hidden_size=t.hidden,
+        num_layers=t.layers,
+        num_heads=t.heads,
+        num_kv_heads=t.kv_heads,
+        intermediate_size=t.intermediate,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5OmniThinkerForConditionalGeneration(config).eval()
+    ids = special_token_ids(tok)
+    model.generation_config = GenerationConfig(
+        eos_token_id=[ids["eos_token_id"], ids["endoftext_token_id"]], pad_token_id=ids["pad_token_id"]
+    )
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    make_feature_extractor(window_s=300.0).save_pretrained(path)
+    return path
+
+
 # ---- decode + chunk + features: real-time factor per core ----------------------------------------------
 def _stage_child(path: str, window_s: float) -> dict:
     import resource

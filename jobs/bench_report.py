@@ -155,6 +155,12 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _model_name(model: str) -> str:
+    if model.startswith("bench-"):
+        return f"{model} (the prefill benchmark's 3B-shaped thinker at {model.split('-')[1][:-1]} layers, random weights)"
+    return model
+
+
 def _basis(res: dict) -> str:
     pre = res.get("prefill") or [{}]
     if pre[0].get("basis") == "cpu":
@@ -281,7 +287,7 @@ def render_markdown(res: dict) -> str:
         marginal = pipe.get("marginal_overhead")
         parts.append(
             f"\n## Pipeline ({pipe['files']} (and {2 * pipe['files']}) files x {pipe['seconds_per_file']:g} s, "
-            f"model {pipe['model']}, {pipe['method']} retain {pipe['retain']}, "
+            f"model {_model_name(pipe['model'])}, {pipe['method']} retain {pipe['retain']}, "
             f"max_new_tokens {pipe['max_new_tokens']}, batch {pipe['batch_size']})\n\n"
             f"Model alone (generate on the same chunks, {b['torch_threads']} torch thread like an actor): "
             f"{a['wall_s']:.1f} s / {b['wall_s']:.1f} s, {b['audio_s_per_wall_s']:.0f} audio s per wall s "
