@@ -38,6 +38,8 @@ class TrainOptions:
     minutes: float = 50.0
     steps: int | None = None
     seed: int = 0
+    init_from: str | None = None  # warm start from a saved model folder (fresh optimizer and schedule)
+    semantic_weight: int = 1  # semantic examples appear this many times per epoch of short batches
     batch_size: int = 16
     long_batch_size: int = 2
     long_start: float = 0.3  # share of the run before long batches start
@@ -70,7 +72,14 @@ def build_model(opts: TrainOptions, tokenizer):
     )  # fmt: skip
     config.audio_config.encoder_ffn_dim = 4 * opts.audio_d_model
     torch.manual_seed(opts.seed)
-    model = Qwen2_5OmniThinkerForConditionalGeneration._from_config(config, attn_implementation="sdpa")
+    if opts.init_from:
+        model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
+            opts.init_from, attn_implementation="sdpa"
+        )
+        if model.config.text_config.vocab_size != len(tokenizer):
+            raise ValueError(f"{opts.init_from} has a different vocabulary")
+    else:
+        model = Qwen2_5OmniThinkerForConditionalGeneration._from_config(config, attn_implementation="sdpa")
     ids = special_token_ids(tokenizer)
     model.generation_config = GenerationConfig(
         eos_token_id=[ids["eos_token_id"], ids["endoftext_token_id"]], pad_token_id=ids["pad_token_id"],
@@ -167,6 +176,7 @@ def train(opts: TrainOptions) -> dict:
         "features ready in %.0f s: %d train, %d test", time.monotonic() - t0, len(train_ex), len(test_ex)
     )
     short = [e for e in train_ex if not e.row.get("long")]
+    short += [e for e in short if e.row["category"] == "semantic"] * (opts.semantic_weight - 1)
     long = [e for e in train_ex if e.row.get("long")]
     rng = np.random.default_rng(opts.seed)
     short_it, long_it = _batches(short, opts.batch_size, rng), _batches(long, opts.long_batch_size, rng)
@@ -247,8 +257,8 @@ def main(argv: list[str] | None = None) -> None:
         flag = "--" + name.replace("_", "-")
         if name in ("data", "out"):
             p.add_argument(flag, required=True)
-        elif name == "steps":
-            p.add_argument(flag, type=int, default=None)
+        elif name in ("steps", "init_from"):
+            p.add_argument(flag, type=int if name == "steps" else str, default=None)
         else:
             p.add_argument(flag, type=type(field.default), default=field.default)
     opts = TrainOptions(**vars(p.parse_args(argv)))
