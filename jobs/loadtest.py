@@ -199,6 +199,11 @@ def _phase(name: str, opts, sampler: Sampler, expect_sources: int, key: str) -> 
         "memory": memory(sampler.samples, start, end),
         "errors": summary.errors,
     }
+    mem, cost = out["memory"], out["model_s_per_chunk"]
+    # Bounded: the last third of the run needs no more memory than the first (plus slack for warm-up), and the
+    # model's time per chunk does not grow; wall-clock windows are too lumpy (Ray hands rows over in bundles).
+    out["memory_bounded"] = bool(mem) and mem["peak_last_third_mb"] <= 1.25 * mem["peak_first_third_mb"] + 512
+    out["no_slowdown"] = cost["ratio"] is None or cost["ratio"] <= 1.25
     log.info("%s: %s", name, json.dumps({k: v for k, v in out.items() if k != "throughput"}))
     return out
 
@@ -260,7 +265,10 @@ def main(argv: list[str] | None = None) -> int:
             f"peak private RSS {m.get('peak_total_mb')} MB total (first/last third {m.get('peak_first_third_mb')}/"
             f"{m.get('peak_last_third_mb')} MB, largest process {m.get('peak_process_mb')} MB)"
         )
-    return 0 if all(r["every_row_present"] for r in results) else 1
+    ok = all(r["every_row_present"] and r["memory_bounded"] and r["no_slowdown"] for r in results)
+    print("load run:", "PASS" if ok else "FAIL", {r["phase"]: {k: r[k] for k in ("every_row_present",
+          "memory_bounded", "no_slowdown")} for r in results})  # fmt: skip
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
