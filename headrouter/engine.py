@@ -15,7 +15,7 @@ import numpy as np
 
 from headrouter.audio import SAMPLE_RATE, AudioInputError, check_audio, featurize, tokens_from_frames
 from headrouter.options import PruneOptions
-from headrouter.prompt import AUDIO, AUDIO_BOS, AUDIO_EOS, render_prompt
+from headrouter.prompt import ASR_PROMPT, AUDIO, AUDIO_BOS, AUDIO_EOS, render_prompt
 
 __all__ = ["LALM", "AudioInputError", "GenerationOutput", "load_lalm", "resolve_model"]
 
@@ -81,6 +81,7 @@ class LALM:
         self.token_ids = AudioTokenIds(audio=audio, bos=bos, eos=eos)
         # Real checkpoints ship a chat template with a default system prompt; the tiny models have neither.
         self.system_prompt = adapter.DEFAULT_SYSTEM if getattr(tokenizer, "chat_template", None) else None
+        self.asr_prompt = _folder_settings(folder).get("asr_prompt", ASR_PROMPT)
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self._profiles: dict[str | None, object] = {}
@@ -398,3 +399,17 @@ def _matches(path: Path, size: int, etag: str) -> bool:
                 md5.update(block)
         return md5.hexdigest() == etag
     return True
+
+
+def _folder_settings(folder: Path | None) -> dict:
+    """Optional headrouter.json of a model folder: prompts the model was trained with ({"asr_prompt": ...})."""
+    path = folder / "headrouter.json" if folder is not None else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable JSON object: {e}") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return settings

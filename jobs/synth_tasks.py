@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from headrouter.prompt import task_prompt
 from jobs import synth_sounds as snd
 
 __all__ = [
@@ -84,7 +85,7 @@ class Sample:
 
 def format_prompt(question: str, choices: list[str] | tuple[str, ...] | None) -> str:
     """The text the model sees after the audio: the question, then the choices joined by " or "."""
-    return question if not choices else f"{question} {' or '.join(choices)}"
+    return task_prompt("qa", question, choices)
 
 
 def vocabulary() -> list[str]:

@@ -12,12 +12,11 @@ import logging
 import numpy as np
 import pyarrow as pa
 
+from headrouter.prompt import ASR_PROMPT, task_prompt
 from pipeline.options import RunOptions
 from pipeline.sink import CHUNK_SCHEMA
 
 log = logging.getLogger("workers")
-
-ASR_PROMPT = "Transcribe the audio."
 
 
 class _NoMetrics:
@@ -34,15 +33,6 @@ def chunk_metrics():
     except Exception as e:  # metrics must never stop inference
         log.warning("chunk metrics disabled: %s", e)
         return _NoMetrics()
-
-
-def task_prompt(task: str, question: str | None, choices: list[str] | None) -> str:
-    if task == "asr":
-        return ASR_PROMPT
-    text = (question or "").strip()
-    if choices:
-        text += " Choices: " + "; ".join(f"({chr(65 + i)}) {c}" for i, c in enumerate(choices))
-    return text
 
 
 class InferenceWorker:
@@ -104,7 +94,8 @@ class InferenceWorker:
 
     def _generate(self, rows: list[dict]) -> list[dict]:
         audios = [np.frombuffer(r["audio"], dtype="<f4") for r in rows]  # each [n] float32, 16 kHz
-        prompts = [task_prompt(r["task"], r.get("question"), _choices(r)) for r in rows]
+        asr = getattr(self.lalm, "asr_prompt", ASR_PROMPT)
+        prompts = [task_prompt(r["task"], r.get("question"), _choices(r), asr) for r in rows]
         try:
             outs = self._call(audios, prompts)
         except Exception as e:
