@@ -36,7 +36,7 @@ test: apt venv lint
 	$(PY) -m pytest
 
 demo: apt venv
-	$(PY) -m jobs.run --input examples/audio --output out/demo --model tiny-synth --task asr
+	$(PY) -m jobs.demo --output out/demo
 
 bench: apt venv
 	$(PY) -m jobs.bench
