@@ -48,6 +48,7 @@ class CalibrateOptions:
     layer: int = 2
     prefilter: float = 2.0
     temperature: float = 1.0
+    threads: int = 1  # torch CPU threads (more measured 25x slower on 2 shared cores)
 
 
 def ablation_weights(scores: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -138,6 +139,7 @@ def calibrate(opts: CalibrateOptions):
     from headrouter.prompt import IM_END
 
     torch.manual_seed(opts.seed)
+    torch.set_num_threads(opts.threads)
     lalm = load_lalm(opts.model)
     heads = lalm.num_heads
     rows = _load_rows(Path(opts.manifest), opts.seed, max(opts.ablation_samples, opts.routing_samples))

@@ -226,6 +226,12 @@ def _plots(table: list[dict], samples: list[dict], tasks: list[str], out: Path) 
     plt.close(fig)
 
 
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True)
@@ -244,8 +250,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster (default: run locally)"
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (1: more measured 25x slower on 2 shared cores)",
+    )
     args = p.parse_args(argv)
     address = args.__dict__.pop("address")
+    _set_threads(args.__dict__.pop("threads"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     opts = EvalOptions(**{**vars(args), "methods": tuple(args.methods), "retain": tuple(args.retain)})
     samples = run_eval(opts, address)
