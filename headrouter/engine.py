@@ -191,7 +191,14 @@ class LALM:
                 marks["prefill_end"] = time.perf_counter()
                 marks["kv"] = kv_bytes(output.cache, full_len)
 
+        def last_position_only(module, args):
+            # generate() reads only the last position's logits; the stock forward has no logits_to_keep, so
+            # without this the prefill computes [1, T, V] logits (2 GiB in bf16 at T = 7500, V = 151936)
+            (hidden,) = args  # [B, T, D]
+            return (hidden[:, -1:],) if hidden.shape[1] > 1 else None
+
         timer = self.model.register_forward_hook(after_forward, with_kwargs=True)
+        head = self.model.get_output_embeddings().register_forward_pre_hook(last_position_only)
         handle = self.prune_hooks(options, router)
         try:
             with torch.inference_mode():
@@ -209,6 +216,7 @@ class LALM:
                 end = time.perf_counter()
         finally:
             timer.remove()
+            head.remove()
             if handle is not None:
                 handle.remove()
         new_tokens = out[0, full_len:].tolist()

@@ -46,3 +46,21 @@ def test_demo_answers_the_shipped_clips(tmp_path):
     mean = float(re.search(r"mean score ([0-9.]+) over 12 clips", proc.stdout).group(1))
     assert mean >= 0.75, proc.stdout  # measured 0.83 at retain 0.6: the demo shows real answers
     assert (tmp_path / "demo" / "report.html").is_file()
+
+
+def test_generate_computes_logits_for_the_last_position_only():
+    import numpy as np
+
+    from headrouter import PruneOptions
+
+    lalm = load_lalm("tiny-random")
+    shapes = []
+    hook = lalm.model.get_output_embeddings().register_forward_hook(
+        lambda m, a, out: shapes.append(out.shape)
+    )
+    try:
+        audio = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+        lalm.generate([audio], ["hello"], PruneOptions(method="headrouter", retain=0.5), max_new_tokens=3)
+    finally:
+        hook.remove()
+    assert shapes and all(s[1] == 1 for s in shapes), shapes  # prefill included: [1, 1, V], never [1, T, V]
