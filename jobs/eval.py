@@ -4,7 +4,7 @@
         --methods vanilla random frame fastv dart headrouter headrouter-hard headrouter-norouter \\
                   headrouter-noprefilter --retain 0.7 0.4 0.1 [--per-task 40] [--seed 0]
 
-Writes to --out: samples.csv (one row per method, retain and sample: the source of every number),
+Writes to --out: samples.csv.gz (one row per method, retain and sample: the source of every number),
 table.csv and table.md (the paper's Table 1 layout: per-task scores, average as % of vanilla with a paired
 bootstrap 95% interval, mean prefill time, KV cache kept), pareto.png (average vs prefill time and vs KV memory)
 and routing.png (mean routing coefficients per task, the paper's Figure 7). Metrics: jobs/eval_metrics.py.
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
+import io
 import json
 import logging
 import os
@@ -132,9 +134,9 @@ def run_eval(opts: EvalOptions, address: str | None = None) -> list[dict]:
 
 
 def read_samples(path: str | Path) -> list[dict]:
-    """Read samples.csv back with its types (the input of `jobs.eval_metrics.summarize`)."""
+    """Read samples.csv(.gz) back with its types (the input of `jobs.eval_metrics.summarize`)."""
     out = []
-    with open(path, newline="") as f:
+    with gzip.open(path, "rt", newline="") if str(path).endswith(".gz") else open(path, newline="") as f:
         for r in csv.DictReader(f):
             for key in ("retain", "score", "prefill_s", "decode_s", "alpha_semantic", "alpha_uniform",
                         "alpha_acoustic", "spread"):  # fmt: skip
@@ -152,13 +154,15 @@ def _task_order(samples: list[dict]) -> list[str]:
 
 
 def write_reports(samples: list[dict], out: Path, resamples: int = 1000, seed: int = 0) -> list[dict]:
-    """samples -> samples.csv, table.csv, table.md, pareto.png, routing.png under `out`; returns the table."""
+    """samples -> samples.csv.gz, table.csv, table.md, pareto.png, routing.png under `out`; returns the table."""
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "samples.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=SAMPLE_FIELDS)
-        w.writeheader()
-        w.writerows({k: r.get(k) for k in SAMPLE_FIELDS} for r in samples)
-    samples = read_samples(out / "samples.csv")  # the table is computed from exactly what the file holds
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=SAMPLE_FIELDS)
+    w.writeheader()
+    w.writerows({k: r.get(k) for k in SAMPLE_FIELDS} for r in samples)
+    with open(out / "samples.csv.gz", "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as z:
+        z.write(text.getvalue().encode())  # mtime 0: same results -> same bytes
+    samples = read_samples(out / "samples.csv.gz")  # the table is computed from exactly what the file holds
     table = summarize(samples, resamples=resamples, seed=seed)
     tasks = _task_order(samples)
     cats = {r["task"]: r["category"] for r in samples}
@@ -256,7 +260,14 @@ def main(argv: list[str] | None = None) -> None:
         default=1,
         help="torch CPU threads (1: more measured 25x slower on 2 shared cores)",
     )
+    p.add_argument("--report-only", action="store_true", help="rebuild the reports from --out/samples.csv.gz")
     args = p.parse_args(argv)
+    if args.report_only:
+        write_reports(
+            read_samples(Path(args.out) / "samples.csv.gz"), Path(args.out), args.resamples, args.seed
+        )
+        return
+    del args.report_only
     address = args.__dict__.pop("address")
     _set_threads(args.__dict__.pop("threads"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

@@ -66,15 +66,17 @@ def test_reports_round_trip_through_the_samples_file(tmp_path):
         "frame", 0.4, [0.5, 0.5], ["tone", "tone", "tone"]
     )
     table = write_reports(samples, tmp_path, resamples=50)
-    for name in ("samples.csv", "table.csv", "table.md", "pareto.png"):
+    for name in ("samples.csv.gz", "table.csv", "table.md", "pareto.png"):
         assert (tmp_path / name).stat().st_size > 0
-    assert summarize(read_samples(tmp_path / "samples.csv"), resamples=50) == table
+    assert summarize(read_samples(tmp_path / "samples.csv.gz"), resamples=50) == table
 
 
-@pytest.mark.skipif(not (RESULTS / "samples.csv").exists(), reason="no committed tiny-synth results")
+@pytest.mark.skipif(not (RESULTS / "samples.csv.gz").exists(), reason="no committed tiny-synth results")
 def test_committed_table_matches_its_per_sample_results():
     info = json.loads((RESULTS / "command.json").read_text())
-    table = summarize(read_samples(RESULTS / "samples.csv"), resamples=info["resamples"], seed=info["seed"])
+    table = summarize(
+        read_samples(RESULTS / "samples.csv.gz"), resamples=info["resamples"], seed=info["seed"]
+    )
     with open(RESULTS / "table.csv", newline="") as f:
         committed = list(csv.DictReader(f))
     assert len(committed) == len(table)
