@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# the same forward/generate keyword inputs as the Omni thinker
+from headrouter.adapters.qwen2_5_omni import model_inputs  # noqa: F401
+
 FAMILY = "qwen2_audio"
 MODEL_TYPES = ("qwen2_audio",)
 ARCHITECTURES = ("Qwen2AudioForConditionalGeneration",)
@@ -33,14 +36,3 @@ def token_ids(config) -> tuple[int, int, int]:
         getattr(config, "audio_start_token_id", None),
         getattr(config, "audio_end_token_id", None),
     )
-
-
-def model_inputs(input_ids, features, feature_mask) -> dict:
-    import torch
-
-    return {
-        "input_ids": input_ids,
-        "attention_mask": torch.ones_like(input_ids),
-        "input_features": features,
-        "feature_attention_mask": feature_mask,
-    }
