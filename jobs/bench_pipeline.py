@@ -50,22 +50,14 @@ def save_bench_model(path: Path, hidden: int = 256, layers: int = 12, seed: int 
     from transformers import GenerationConfig, Qwen2_5OmniThinkerForConditionalGeneration
 
     from headrouter.audio import make_feature_extractor
-    from headrouter.tiny import build_word_tokenizer, special_token_ids, tiny_thinker_config
-    from jobs.bench_prefill import scaled_3b_shape
+    from headrouter.tiny import build_word_tokenizer, special_token_ids
+    from jobs.bench_prefill import scaled_3b_shape, thinker_config
 
     if (path / "config.json").exists():
         return path
     t = scaled_3b_shape(hidden, layers).text
     tok = build_word_tokenizer()
-    config = tiny_thinker_config(
-        len(tok),
-        tok,
-        hidden_size=t.hidden,
-        num_layers=t.layers,
-        num_heads=t.heads,
-        num_kv_heads=t.kv_heads,
-        intermediate_size=t.intermediate,
-    )
+    config = thinker_config(t, tok, len(tok))
     torch.manual_seed(seed)
     model = Qwen2_5OmniThinkerForConditionalGeneration(config).eval()
     ids = special_token_ids(tok)

@@ -78,6 +78,21 @@ def full_3b_shape(device: str = "cuda", dtype: str = "bfloat16") -> Shape:
     return Shape(name="omni3b-full", text=OMNI_3B_TEXT, device=device, dtype=dtype)
 
 
+def thinker_config(t: TextShape, tokenizer, vocab: int):
+    """A Qwen2.5-Omni thinker config with the text shape `t` (the benchmark's model, prefill and pipeline)."""
+    from headrouter.tiny import tiny_thinker_config
+
+    return tiny_thinker_config(
+        vocab,
+        tokenizer,
+        hidden_size=t.hidden,
+        num_layers=t.layers,
+        num_heads=t.heads,
+        num_kv_heads=t.kv_heads,
+        intermediate_size=t.intermediate,
+    )
+
+
 class BenchModel:
     """The LALM plus the inputs and hooks of the benchmark; `prefill(method, retain)` times one prefill."""
 
@@ -88,22 +103,14 @@ class BenchModel:
         from headrouter.adapters import qwen2_5_omni
         from headrouter.audio import make_feature_extractor
         from headrouter.engine import LALM
-        from headrouter.tiny import build_word_tokenizer, tiny_thinker_config
+        from headrouter.tiny import build_word_tokenizer
 
         torch.manual_seed(seed)
         tok = build_word_tokenizer()
         t = shape.text
         vocab = max(len(tok), t.vocab)
         self.shape = replace(shape, text=replace(t, vocab=vocab))
-        config = tiny_thinker_config(
-            vocab,
-            tok,
-            hidden_size=t.hidden,
-            num_layers=t.layers,
-            num_heads=t.heads,
-            num_kv_heads=t.kv_heads,
-            intermediate_size=t.intermediate,
-        )
+        config = thinker_config(t, tok, vocab)
         dtype = getattr(torch, shape.dtype)
         with torch.device(shape.device):
             model = Qwen2_5OmniThinkerForConditionalGeneration._from_config(
