@@ -11,8 +11,9 @@ __all__ = [
     "keep_count",
 ]
 
-# model engine (issue 3)
-from .engine import LALM, AudioInputError, GenerationOutput, load_lalm  # noqa: E402
+# model engine
+from .engine import LALM, AudioInputError, GenerationOutput  # noqa: E402
+from .loading import load_lalm  # noqa: E402
 from .options import PruneOptions  # noqa: E402
 
 __all__ += ["LALM", "AudioInputError", "GenerationOutput", "PruneOptions", "load_lalm"]

@@ -96,7 +96,7 @@ def _check_model(model: str) -> None:
     """Fail fast on a model name no actor could load (S3 models are checked by the actors: no download here)."""
     if model.startswith("s3://"):
         return
-    from headrouter.engine import resolve_model
+    from headrouter.loading import resolve_model
 
     try:
         resolve_model(model)

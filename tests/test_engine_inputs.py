@@ -10,7 +10,7 @@ import pytest
 
 from headrouter import AudioInputError, Profiles, PruneOptions, load_lalm
 from headrouter.audio import audio_token_count, featurize, make_feature_extractor
-from headrouter.engine import resolve_model
+from headrouter.loading import resolve_model
 from headrouter.prompt import SPECIAL_TOKENS, render_prompt
 from headrouter.tiny import build_tiny_random, build_word_tokenizer, tiny_thinker_config
 from tests.test_engine import PROMPT, _cache_dir, clip, tiny
