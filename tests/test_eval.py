@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jobs.calibrate import ablation_weights, pooled_bandwidth
+from headrouter.calibration import ablation_weights, pooled_bandwidth
 from jobs.eval import read_samples, write_reports
 from jobs.eval_metrics import macro_f1, summarize
 

@@ -91,7 +91,7 @@ def test_collate_puts_loss_only_on_answer_and_end_token():
 
 def test_calibration_is_deterministic_and_loads(tmp_path):
     from headrouter import Profiles
-    from jobs.calibrate import CalibrateOptions, calibrate
+    from headrouter.calibration import CalibrateOptions, calibrate
     from jobs.synth import write_split
 
     manifest = write_split(tmp_path / "data", "calib", seed=UNSEEN_SEED, n=2 * len(TASKS), long_fraction=0.0)
