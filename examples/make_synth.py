@@ -1,6 +1,6 @@
 """Regenerate examples/synth/: the demo archive in tiny-synth's domain (python examples/make_synth.py).
 
-Twelve clips of the synthetic task suite (jobs/synth_tasks.py) from seed 11 of the test split, a seed no training,
+Twelve clips of the synthetic task suite (quality/synth/tasks.py) from seed 11 of the test split, a seed no training,
 calibration or evaluation run uses: two per task, two of them long (60-75 s with the content hidden inside
 noise and silence), written in five formats at several sample rates and channel counts, plus a manifest
 (demo.jsonl) with each clip's question, choices and expected answer.
@@ -16,7 +16,7 @@ import numpy as np
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from jobs.synth_tasks import make_sample  # noqa: E402
+from quality.synth.tasks import make_sample  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "synth"
 SEED = 11

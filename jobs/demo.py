@@ -4,7 +4,7 @@
 
 Runs `python -m jobs.run --input examples/synth/demo.jsonl --task qa --model tiny-synth` (twelve clips in five
 formats, two of them 60-75 s long), then prints question, expected answer and the model's answer per clip, the
-score (jobs.scoring) and where the Parquet output and the HTML report are. Rerunning resumes: nothing is redone.
+score (quality.scoring) and where the Parquet output and the HTML report are. Rerunning resumes: nothing is redone.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     from jobs import report, run
-    from jobs.scoring import score
     from pipeline import read_results
+    from quality.scoring import score
 
     args = ["--input", str(MANIFEST), "--output", a.output, "--model", "tiny-synth", "--task", "qa"]
     rc = run.main([*args, "--method", a.method, "--retain", a.retain, "--workers", "1"])

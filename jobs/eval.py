@@ -7,233 +7,20 @@
 Writes to --out: samples.csv.gz (one row per method, retain and sample: the source of every number),
 table.csv and table.md (the paper's Table 1 layout: per-task scores, average as % of vanilla with a paired
 bootstrap 95% interval, mean prefill time, KV cache kept), pareto.png (average vs prefill time and vs KV memory)
-and routing.png (mean routing coefficients per task, the paper's Figure 7). Metrics: jobs/eval_metrics.py.
+and routing.png (mean routing coefficients per task, the paper's Figure 7). Metrics: quality/metrics.py.
 Manifest audio must be 16 kHz mono wav/flac; the prompt is the row's `prompt`, else question + choices.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
-import io
-import json
 import logging
 import os
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from jobs.eval_metrics import summarize
-from jobs.scoring import score
-from jobs.synth_tasks import format_prompt
+from quality.eval import EvalOptions, read_samples, run_eval, set_threads, write_reports
 
 log = logging.getLogger("jobs")
-
-__all__ = ["EvalOptions", "read_samples", "run_eval", "write_reports"]
-
-SAMPLE_FIELDS = ("id", "task", "category", "long", "method", "retain", "answer", "prediction", "score",
-                 "audio_tokens", "kept_tokens", "prefill_s", "decode_s", "kv_bytes_full", "kv_bytes_kept",
-                 "alpha_semantic", "alpha_uniform", "alpha_acoustic", "spread")  # fmt: skip
-
-
-@dataclass(frozen=True)
-class EvalOptions:
-    model: str
-    manifest: str
-    out: str
-    methods: tuple[str, ...] = ("vanilla", "random", "frame", "fastv", "dart", "headrouter")
-    retain: tuple[float, ...] = (0.7, 0.4, 0.1)
-    per_task: int | None = None
-    seed: int = 0
-    layer: int = 2
-    profiles: str | None = None
-    resamples: int = 1000
-    max_new_tokens: int = 16
-
-
-def _rows(opts: EvalOptions) -> list[dict]:
-    import soundfile as sf
-
-    manifest = Path(opts.manifest)
-    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
-    if opts.per_task:
-        order = np.random.default_rng(opts.seed).permutation(len(rows))
-        counts: dict[str, int] = {}
-        picked = []
-        for i in order:
-            task = rows[int(i)].get("task", "")
-            if counts.get(task, 0) < opts.per_task:
-                counts[task] = counts.get(task, 0) + 1
-                picked.append(int(i))
-        rows = [rows[i] for i in sorted(picked)]
-    for row in rows:
-        path = Path(row["audio"])
-        audio, sr = sf.read(path if path.is_absolute() else manifest.parent / path, dtype="float32")
-        if sr != 16000 or audio.ndim != 1:
-            raise ValueError(f"{path}: expected 16 kHz mono, got {sr} Hz, shape {audio.shape}")
-        row["_audio"] = audio
-        row["_prompt"] = row.get("prompt") or format_prompt(row.get("question", ""), row.get("choices"))
-    return rows
-
-
-_MODELS: dict = {}
-
-
-def run_config(opts: EvalOptions, rows: list[dict], method: str, retain: float) -> list[dict]:
-    """Generate one (method, retain) configuration over `rows`; the model is loaded once per process."""
-    from headrouter import PruneOptions, load_lalm
-
-    if opts.model not in _MODELS:
-        _MODELS[opts.model] = load_lalm(opts.model)
-    lalm = _MODELS[opts.model]
-    options = PruneOptions(
-        method=method, retain=retain, layer=opts.layer, profiles=opts.profiles, seed=opts.seed
-    )
-    started, results = time.monotonic(), []
-    for row in rows:
-        out = lalm.generate([row["_audio"]], [row["_prompt"]], options, opts.max_new_tokens)[0]
-        alpha = out.routing["alpha"] if out.routing else (None, None, None)
-        results.append(
-            {
-                "id": row["id"], "task": row.get("task", ""), "category": row.get("category", ""),
-                "long": bool(row.get("long", False)), "method": method, "retain": retain,
-                "answer": row["answer"], "prediction": out.text.strip(), "score": score(row, out.text),
-                "audio_tokens": out.audio_tokens, "kept_tokens": out.kept_tokens,
-                "prefill_s": out.prefill_s, "decode_s": out.decode_s,
-                "kv_bytes_full": out.kv_bytes_full, "kv_bytes_kept": out.kv_bytes_kept,
-                "alpha_semantic": alpha[0], "alpha_uniform": alpha[1], "alpha_acoustic": alpha[2],
-                "spread": out.routing["spread"] if out.routing else None,
-            }
-        )  # fmt: skip
-    mean = np.mean([r["score"] for r in results])
-    log.info("%s@%g: mean score %.3f (%.0f s)", method, retain, mean, time.monotonic() - started)
-    return results
-
-
-def run_eval(opts: EvalOptions, address: str | None = None) -> list[dict]:
-    """Generate every (method, retain, sample) and return the per-sample result rows.
-
-    With `address` (a Ray cluster: "auto" or host:port) each configuration runs as a Ray task (1 CPU,
-    the model loaded once per worker process); otherwise configurations run one after another here.
-    """
-    rows = _rows(opts)
-    configs = [("vanilla", 1.0)] if "vanilla" in opts.methods else []
-    configs += [(m, r) for m in opts.methods if m != "vanilla" for r in opts.retain]
-    if not address:
-        return [r for method, retain in configs for r in run_config(opts, rows, method, retain)]
-    import ray
-
-    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
-    remote = ray.remote(num_cpus=1)(run_config)
-    rows_ref = ray.put(rows)
-    parts = ray.get([remote.remote(opts, rows_ref, method, retain) for method, retain in configs])
-    return [r for part in parts for r in part]
-
-
-def read_samples(path: str | Path) -> list[dict]:
-    """Read samples.csv(.gz) back with its types (the input of `jobs.eval_metrics.summarize`)."""
-    out = []
-    with gzip.open(path, "rt", newline="") if str(path).endswith(".gz") else open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            for key in ("retain", "score", "prefill_s", "decode_s", "alpha_semantic", "alpha_uniform",
-                        "alpha_acoustic", "spread"):  # fmt: skip
-                r[key] = float(r[key]) if r[key] not in ("", "None") else None
-            for key in ("audio_tokens", "kept_tokens", "kv_bytes_full", "kv_bytes_kept"):
-                r[key] = int(r[key]) if r[key] not in ("", "None") else None
-            r["long"] = r["long"] == "True"
-            out.append(r)
-    return out
-
-
-def _task_order(samples: list[dict]) -> list[str]:
-    cats = {r["task"]: r["category"] for r in samples}
-    return sorted(cats, key=lambda t: (cats[t] != "semantic", t))
-
-
-def write_reports(samples: list[dict], out: Path, resamples: int = 1000, seed: int = 0) -> list[dict]:
-    """samples -> samples.csv.gz, table.csv, table.md, pareto.png, routing.png under `out`; returns the table."""
-    out.mkdir(parents=True, exist_ok=True)
-    text = io.StringIO(newline="")
-    w = csv.DictWriter(text, fieldnames=SAMPLE_FIELDS)
-    w.writeheader()
-    w.writerows({k: r.get(k) for k in SAMPLE_FIELDS} for r in samples)
-    with open(out / "samples.csv.gz", "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as z:
-        z.write(text.getvalue().encode())  # mtime 0: same results -> same bytes
-    samples = read_samples(out / "samples.csv.gz")  # the table is computed from exactly what the file holds
-    table = summarize(samples, resamples=resamples, seed=seed)
-    tasks = _task_order(samples)
-    cats = {r["task"]: r["category"] for r in samples}
-    with open(out / "table.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(
-            ["method", "retain", "n", *tasks, "avg_pct_vanilla", "ci_low", "ci_high", "prefill_ms", "kv_pct"]
-        )
-        for row in table:
-            w.writerow([row["method"], row["retain"], row["n"], *(f"{row['tasks'][t]:.2f}" for t in tasks),
-                        f"{row['avg_pct_vanilla']:.2f}", f"{row['ci_low']:.2f}", f"{row['ci_high']:.2f}",
-                        f"{1000 * row['prefill_s']:.2f}", f"{100 * row['kv_fraction']:.1f}"])  # fmt: skip
-    head = ["Method", "Retain", *(f"{t} ({cats[t][:3]})" for t in tasks), "Avg. (% vanilla)", "95% CI",
-            "Prefill ms", "KV kept"]  # fmt: skip
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in table:
-        lines.append("| " + " | ".join([row["method"], f"{row['retain']:g}", *(f"{row['tasks'][t]:.1f}" for t in tasks),
-                     f"{row['avg_pct_vanilla']:.1f}%", f"{row['ci_low']:.1f}-{row['ci_high']:.1f}",
-                     f"{1000 * row['prefill_s']:.1f}", f"{100 * row['kv_fraction']:.0f}%"]) + " |")  # fmt: skip
-    (out / "table.md").write_text("\n".join(lines) + "\n")
-    _plots(table, samples, tasks, out)
-    return table
-
-
-def _plots(table: list[dict], samples: list[dict], tasks: list[str], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for method in dict.fromkeys(r["method"] for r in table):
-        rows = sorted((r for r in table if r["method"] == method), key=lambda r: r["retain"])
-        y = [r["avg_pct_vanilla"] for r in rows]
-        axes[0].plot([1000 * r["prefill_s"] for r in rows], y, "o-", label=method)
-        axes[1].plot([100 * r["kv_fraction"] for r in rows], y, "o-", label=method)
-    axes[0].set_xlabel("mean prefill time (ms)")
-    axes[1].set_xlabel("KV cache kept after prefill (%)")
-    for ax in axes:
-        ax.set_ylabel("average score (% of vanilla)")
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "pareto.png", dpi=110)
-    plt.close(fig)
-
-    routed = [r for r in samples if r["method"] == "headrouter" and r["alpha_semantic"] is not None]
-    if not routed:
-        return
-    fig, ax = plt.subplots(figsize=(7, 3.8))
-    bottom = np.zeros(len(tasks))
-    for key, label in (
-        ("alpha_semantic", "semantic"),
-        ("alpha_uniform", "uniform"),
-        ("alpha_acoustic", "acoustic"),
-    ):
-        vals = np.array([np.mean([r[key] for r in routed if r["task"] == t] or [0.0]) for t in tasks])
-        ax.bar(tasks, vals, bottom=bottom, label=label)
-        bottom += vals
-    ax.set_ylabel("mean routing coefficient")
-    ax.set_title("HeadRouter routing per task (all retain ratios)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "routing.png", dpi=110)
-    plt.close(fig)
-
-
-def _set_threads(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -269,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     del args.report_only
     address = args.__dict__.pop("address")
-    _set_threads(args.__dict__.pop("threads"))
+    set_threads(args.__dict__.pop("threads"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     opts = EvalOptions(**{**vars(args), "methods": tuple(args.methods), "retain": tuple(args.retain)})
     samples = run_eval(opts, address)

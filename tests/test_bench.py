@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.bench_flops import (
+from bench.flops import (
     OMNI_3B_TEXT,
     EncoderShape,
     TextShape,
@@ -81,7 +81,7 @@ def test_audio_encoder_flops_by_hand():
 # ---- the harness: the hooked stock model, KV bytes from the cache ----------------------------------------------
 @pytest.fixture(scope="module")
 def bench_model():
-    from jobs.bench_prefill import BenchModel, scaled_3b_shape
+    from bench.prefill import BenchModel, scaled_3b_shape
 
     return BenchModel(scaled_3b_shape(hidden=64, layers=4))
 

@@ -10,9 +10,9 @@ import pytest
 import soundfile as sf
 
 from jobs.import_benchmark import main as import_main
-from jobs.readers import BenchmarkError, read_audiomarathon, read_mmau_pro, resolve_answer
-from jobs.scoring import score
-from jobs.synth_tasks import format_prompt
+from quality.readers import BenchmarkError, read_audiomarathon, read_mmau_pro, resolve_answer
+from quality.scoring import score
+from quality.synth.tasks import format_prompt
 
 CLIP = np.zeros(1600, dtype=np.float32)  # 0.1 s of silence at 16 kHz
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from headrouter.calibration import ablation_weights, pooled_bandwidth
-from jobs.eval import read_samples, write_reports
-from jobs.eval_metrics import macro_f1, summarize
+from quality.eval import read_samples, write_reports
+from quality.metrics import macro_f1, summarize
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "tiny-synth"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from headrouter import load_lalm
 from headrouter.prompt import ASR_PROMPT, task_prompt
-from jobs.synth_tasks import format_prompt
+from quality.synth.tasks import format_prompt
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,9 +8,17 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from jobs.scoring import choice_score, normalize, score, word_accuracy
-from jobs.synth import write_split
-from jobs.synth_tasks import CATEGORY, DIGIT_WORDS, QUESTIONS, TASKS, format_prompt, make_sample, vocabulary
+from quality.scoring import choice_score, normalize, score, word_accuracy
+from quality.synth.generate import write_split
+from quality.synth.tasks import (
+    CATEGORY,
+    DIGIT_WORDS,
+    QUESTIONS,
+    TASKS,
+    format_prompt,
+    make_sample,
+    vocabulary,
+)
 
 N = len(TASKS)  # one sample of every task
 

@@ -11,9 +11,9 @@ import torch
 
 from headrouter.prompt import IM_END
 from headrouter.tiny import build_word_tokenizer
-from jobs.scoring import score
-from jobs.synth_tasks import TASKS, format_prompt, make_sample
-from jobs.tiny_data import IGNORE, Example, collate, tiny_synth_words
+from quality.data import IGNORE, Example, collate, tiny_synth_words
+from quality.scoring import score
+from quality.synth.tasks import TASKS, format_prompt, make_sample
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "tiny-synth"
 UNSEEN_SEED = 4242  # training used train/0, the reported evaluation test/2
@@ -92,7 +92,7 @@ def test_collate_puts_loss_only_on_answer_and_end_token():
 def test_calibration_is_deterministic_and_loads(tmp_path):
     from headrouter import Profiles
     from headrouter.calibration import CalibrateOptions, calibrate
-    from jobs.synth import write_split
+    from quality.synth.generate import write_split
 
     manifest = write_split(tmp_path / "data", "calib", seed=UNSEEN_SEED, n=2 * len(TASKS), long_fraction=0.0)
     paths = []

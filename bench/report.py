@@ -199,7 +199,7 @@ def render_markdown(res: dict) -> str:
             f"vocab {t['vocab']}, {shape['params'] / 1e6:.0f} M parameters, {shape['dtype']} on {shape['device']}, "
             f"dummy weights, pruning at layer {shape['layer']}, {res['machine']['torch_threads']} torch thread(s). "
             f"Timing basis: **{_basis(res)}**. Speed-up = median over rounds of vanilla / method time in the same "
-            "round; bound = FLOP ratio (jobs/bench_flops.py); efficiency = speed-up / bound (the wall column uses "
+            "round; bound = FLOP ratio (bench/flops.py); efficiency = speed-up / bound (the wall column uses "
             "wall-clock time whatever the basis); hook = time inside the pruning pre-hook of layer M (probe, "
             "scoring, selection, slicing); eff. layers >= M = the speed-up of the decoder layers >= M alone over "
             "their FLOP ratio (does the pruned part scale as its FLOPs say?). Times in seconds of the basis.\n\n"

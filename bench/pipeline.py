@@ -17,7 +17,7 @@ from pathlib import Path
 
 __all__ = ["decode_memory", "make_audio", "pipeline_throughput", "stage_rtf"]
 
-log = logging.getLogger("jobs")
+log = logging.getLogger("bench")
 
 REPO = Path(__file__).resolve().parents[1]
 # One thread for every numeric library, so "per core" means one core.
@@ -49,9 +49,9 @@ def save_bench_model(path: Path, hidden: int = 256, layers: int = 12, seed: int 
     import torch
     from transformers import GenerationConfig, Qwen2_5OmniThinkerForConditionalGeneration
 
+    from bench.prefill import scaled_3b_shape, thinker_config
     from headrouter.audio import make_feature_extractor
     from headrouter.tiny import build_word_tokenizer, special_token_ids
-    from jobs.bench_prefill import scaled_3b_shape, thinker_config
 
     if (path / "config.json").exists():
         return path
@@ -334,7 +334,7 @@ _CHILDREN = {"stage": _stage_child, "memory": _memory_child, "alone": _model_alo
 
 def _child(kind: str, kwargs: dict, env: dict | None = None, timeout_s: float = 900) -> dict:
     proc = subprocess.run(
-        [sys.executable, "-m", "jobs.bench_pipeline", kind, json.dumps(kwargs)],
+        [sys.executable, "-m", "bench.pipeline", kind, json.dumps(kwargs)],
         capture_output=True,
         text=True,
         timeout=timeout_s,

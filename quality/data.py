@@ -17,11 +17,11 @@ import torch
 from headrouter.audio import check_audio, featurize, make_feature_extractor, tokens_from_frames
 from headrouter.prompt import IM_END, render_prompt
 from headrouter.tiny import DEFAULT_WORDS
-from jobs.synth_tasks import vocabulary
+from quality.synth.tasks import vocabulary
 
 __all__ = ["Example", "collate", "load_examples", "read_manifest", "tiny_synth_words"]
 
-log = logging.getLogger("jobs")
+log = logging.getLogger("quality")
 IGNORE = -100
 
 

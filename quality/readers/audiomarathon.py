@@ -32,11 +32,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs.readers.common import BenchmarkError, ImportResult, find_files, lettered, load_json, make_row
+from quality.readers.common import BenchmarkError, ImportResult, find_files, lettered, load_json, make_row
 
 __all__ = ["TASKS", "read_audiomarathon"]
 
-log = logging.getLogger("jobs")
+log = logging.getLogger("quality")
 
 ASR_QUESTION = "Transcribe this audio accurately. Remove hesitation words like 'um', 'uh'."
 ASR_SPLIT = "test-clean"

@@ -3,8 +3,8 @@
 A reader turns one benchmark's annotation files into rows of the pipeline's manifest format:
 {"audio": absolute path, "id", "task", "category", "question", "choices": [...] | None, "answer", "prompt", "meta"}.
 `answer` is always the text of the correct choice (or the reference transcript when `choices` is None), so the
-rows score with jobs.scoring exactly like the synthetic suite; `prompt` is `format_prompt(question, choices)`
-as in jobs.synth. A row that cannot be converted is skipped and reported as a problem string
+rows score with quality.scoring exactly like the synthetic suite; `prompt` is `task_prompt("qa", question, choices)`
+as in the synthetic suite (quality.synth). A row that cannot be converted is skipped and reported as a problem string
 ("FILE row N: why"); whole-file or root errors raise BenchmarkError with a one-line message.
 """
 
@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jobs.synth_tasks import format_prompt
+from headrouter.prompt import task_prompt
 
 __all__ = [
     "CATEGORIES",
@@ -125,7 +125,7 @@ def make_row(
         "question": question,
         "choices": texts,
         "answer": answer.strip(),
-        "prompt": format_prompt(question, texts),
+        "prompt": task_prompt("qa", question, texts),
         "meta": meta,
     }
 

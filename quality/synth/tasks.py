@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from headrouter.prompt import task_prompt
-from jobs import synth_sounds as snd
+from quality.synth import sounds as snd
 
 __all__ = [
     "CATEGORY",

@@ -4,7 +4,7 @@ The model is the stock `Qwen2_5OmniThinkerForConditionalGeneration` built from a
 `LALM`, and pruned through `LALM.check_options` / `LALM.prune_hooks` (headrouter.hooks.apply_pruning): the
 product's code path. Two benchmark-side hooks stand in for what a real input would bring:
 - the `<|AUDIO|>` rows of the token embeddings are replaced by fixed random vectors (fake audio-encoder outputs,
-  so the scorers see distinct tokens); the audio encoder itself is costed analytically (jobs.bench_flops);
+  so the scorers see distinct tokens); the audio encoder itself is costed analytically (bench.flops);
 - the thinker's inner model returns only the last position, so lm_head runs once per prefill (see
   `LM_HEAD_NOTE`; `last_position_only=False` measures what the engine does today).
 """
@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 
-from jobs.bench_flops import TextShape
+from bench.flops import TextShape
 
 __all__ = [
     "LM_HEAD_NOTE",
@@ -32,7 +32,7 @@ __all__ = [
     "full_3b_shape",
 ]
 
-log = logging.getLogger("jobs")
+log = logging.getLogger("bench")
 
 PROMPT = (
     "Please transcribe the audio and then answer the question : what did the speaker say about the meeting ?"
@@ -73,7 +73,7 @@ def scaled_3b_shape(hidden: int = 256, layers: int = 36) -> Shape:
 
 def full_3b_shape(device: str = "cuda", dtype: str = "bfloat16") -> Shape:
     """The real Qwen2.5-Omni-3B thinker text config (hidden 2048, vocab 151936) for a GPU run."""
-    from jobs.bench_flops import OMNI_3B_TEXT
+    from bench.flops import OMNI_3B_TEXT
 
     return Shape(name="omni3b-full", text=OMNI_3B_TEXT, device=device, dtype=dtype)
 
@@ -316,7 +316,7 @@ def peak_memory_child(
     spec = {"shape": asdict(shape), "audio_tokens": audio_tokens, "method": method, "retain": retain}
     spec["last_only"] = last_only
     proc = subprocess.run(
-        [sys.executable, "-m", "jobs.bench_prefill", json.dumps(spec)],
+        [sys.executable, "-m", "bench.prefill", json.dumps(spec)],
         capture_output=True,
         text=True,
         timeout=timeout_s,

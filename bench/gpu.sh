@@ -5,7 +5,7 @@
 # plus vanilla and HeadRouter 0.4 with lm_head on every position (what the engine's prefill does today).
 # Expected well under 8 minutes on an H100/H200-class GPU (~7 GB of weights, a few GB of activations).
 #
-#   jobs/bench_gpu.sh [OUT_DIR]        # default bench/results/gpu-latest; writes bench.json and bench.md
+#   bench/gpu.sh [OUT_DIR]        # default bench/results/gpu-latest; writes bench.json and bench.md
 #
 # Needs a CUDA build of torch and the pinned transformers (pip install -r requirements.txt -c constraints.txt
 # after a CUDA torch). Nothing is downloaded: the weights are random.

@@ -15,7 +15,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from jobs.scoring import TRANSCRIPTION_TASKS, normalize
+from quality.scoring import TRANSCRIPTION_TASKS, normalize
 
 __all__ = ["macro_f1", "summarize", "task_score"]
 

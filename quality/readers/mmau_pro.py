@@ -13,7 +13,7 @@ sound_music, music_speech, sound_speech, sound_music_speech, and multi (multi-au
 the five single domains, 2,567 questions: semantic = speech + voice_chat, acoustic = sound + music + spatial_audio;
 that is the default selection. The mixed-domain categories can be imported with --tasks and get category "mixed".
 Not importable: multi (several audio files per question; a manifest row holds one), open and instruction
-following (no choices; scored by an LLM judge or format rules, not by jobs.scoring). A row's task is its category.
+following (no choices; scored by an LLM judge or format rules, not by quality.scoring). A row's task is its category.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from jobs.readers.common import BenchmarkError, ImportResult, find_files, lettered, make_row
+from quality.readers.common import BenchmarkError, ImportResult, find_files, lettered, make_row
 
 __all__ = ["CATEGORY", "PAPER_TASKS", "read_mmau_pro"]
 
-log = logging.getLogger("jobs")
+log = logging.getLogger("quality")
 
 ANNOTATION = "test.parquet"
 CATEGORY = {
