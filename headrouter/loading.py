@@ -15,7 +15,7 @@ __all__ = ["TINY_ALIASES", "load_lalm", "resolve_model"]
 
 log = logging.getLogger("headrouter")
 
-TINY_ALIASES = ("tiny-random", "tiny-random-qwen2-audio")
+TINY_ALIASES = ("tiny-random", "tiny-random-qwen2-audio", "tiny-random-phi4mm", "tiny-random-voxtral")
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -62,7 +62,7 @@ def load_lalm(
     attn_implementation: str | None = None,
     endpoint_url: str | None = None,
 ) -> LALM:
-    """Load an audio-language model by alias ("tiny-random", "tiny-random-qwen2-audio", "tiny-synth"),
+    """Load an audio-language model by alias (`TINY_ALIASES` or "tiny-synth"),
     local folder, "s3://bucket/prefix" (downloaded once into the cache, sizes and hashes verified) or hub id.
 
     Safetensors only; remote code only with `trust_remote_code=True`. dtype: a torch dtype or its name
@@ -95,7 +95,8 @@ def load_lalm(
     model = model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
     try:
-        feature_extractor = WhisperFeatureExtractor.from_pretrained(location)
+        load_fe = getattr(adapter, "load_feature_extractor", WhisperFeatureExtractor.from_pretrained)
+        feature_extractor = load_fe(location)
     except OSError:
         log.warning("no preprocessor_config.json in %s: using the stock Whisper settings", location)
         feature_extractor = make_feature_extractor(adapter.WINDOW_S)

@@ -22,10 +22,13 @@ __all__ = [
     "build_tiny_random",
     "build_word_tokenizer",
     "special_token_ids",
+    "TINY_FAMILIES",
     "tiny_cache_dir",
     "tiny_path",
+    "tiny_phi4mm_config",
     "tiny_qwen2_audio_config",
     "tiny_thinker_config",
+    "tiny_voxtral_config",
 ]
 
 log = logging.getLogger("headrouter")
@@ -52,30 +55,38 @@ DEFAULT_WORDS = tuple(
 _RECIPE = "v2"
 
 
-def build_word_tokenizer(words: list[str] | tuple[str, ...] = DEFAULT_WORDS):
+def build_word_tokenizer(
+    words: list[str] | tuple[str, ...] = DEFAULT_WORDS,
+    family_specials: tuple[str, ...] = (),
+    eos_token: str = IM_END,
+    bos_token: str | None = None,
+):
     """Build a word-level `PreTrainedTokenizerFast` from a word list, entirely offline.
 
     Ids: the seven template specials of `headrouter.prompt.SPECIAL_TOKENS` get 0..6 (`<pad>` = 0), then
-    `EXTRA_SPECIAL_TOKENS` (`<unk>` = 7, ...), then "system", "user", "assistant", then `words` in order
-    (duplicates dropped). Text is split on whitespace and punctuation; decoding joins words with spaces.
+    `EXTRA_SPECIAL_TOKENS` (`<unk>` = 7, ...), then `family_specials` (another family's chat/audio tokens),
+    then "system", "user", "assistant", then `words` in order (duplicates dropped). Text is split on whitespace
+    and punctuation; decoding joins words with spaces.
     """
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
+    specials = [*SPECIAL_TOKENS, *EXTRA_SPECIAL_TOKENS, *family_specials]
     vocab: dict[str, int] = {}
-    for token in (*SPECIAL_TOKENS, *EXTRA_SPECIAL_TOKENS, *TEMPLATE_WORDS, *words):
+    for token in (*specials, *TEMPLATE_WORDS, *words):
         if token and token not in vocab:
             vocab[token] = len(vocab)
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    specials = [*SPECIAL_TOKENS, *EXTRA_SPECIAL_TOKENS]
     backend.add_special_tokens(specials)
+    named = (UNK, PAD, eos_token, bos_token)
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         unk_token=UNK,
         pad_token=PAD,
-        eos_token=IM_END,
-        extra_special_tokens=[t for t in specials if t not in (UNK, PAD, IM_END)],
+        eos_token=eos_token,
+        bos_token=bos_token,
+        extra_special_tokens=[t for t in specials if t not in named],
         padding_side="left",
     )
 
@@ -228,6 +239,114 @@ def tiny_qwen2_audio_config(
     return config
 
 
+# Chat and audio tokens of the other families (their tiny tokenizers add them after the shared specials).
+PHI4MM_SPECIALS = ("<|endoftext11|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|endoftext10|>")
+VOXTRAL_SPECIALS = ("<s>", "</s>", "[INST]", "[/INST]", "[AUDIO]", "[BEGIN_AUDIO]")
+
+
+def tiny_phi4mm_config(vocab_size: int, tokenizer, hidden_size: int = 32, num_layers: int = 4):
+    """A `Phi4MultimodalConfig` at toy size: 4 heads, 2 KV heads, head_dim 8 with partial rotary 0.75 (as the
+    real checkpoint), Conformer speech encoder of 2 blocks (8x time reduction, 80 mel bins), one-layer vision."""
+    from transformers import Phi4MultimodalConfig
+
+    ids = tokenizer.convert_tokens_to_ids
+    return Phi4MultimodalConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        original_max_position_embeddings=32768,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.75},
+        bos_token_id=ids(ENDOFTEXT),
+        eos_token_id=[ids(ENDOFTEXT), ids("<|end|>")],
+        pad_token_id=ids(PAD),
+        tie_word_embeddings=False,
+        vision_config={
+            "hidden_size": 16,
+            "intermediate_size": 16,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 28,
+            "crop_size": 28,
+            "patch_size": 14,
+            "image_token_id": ids("<|endoftext10|>"),
+        },
+        audio_config={
+            "hidden_size": hidden_size,
+            "intermediate_size": 2 * hidden_size,
+            "num_blocks": 2,
+            "num_attention_heads": 4,
+            "ext_pw_out_channel": hidden_size,
+            "depthwise_separable_out_channel": hidden_size,
+            "nemo_conv_channels": hidden_size,
+            "audio_token_id": ids("<|endoftext11|>"),
+        },
+    )
+
+
+def tiny_voxtral_config(vocab_size: int, tokenizer, hidden_size: int = 32, num_layers: int = 4):
+    """A `VoxtralConfig` at toy size: Whisper-style encoder (d_model 32, 2 layers, 1500 positions = one 30-s
+    chunk), projector from 4 stacked frames, Llama decoder (4 heads, 2 KV heads, head_dim 8, no q/k bias)."""
+    from transformers import VoxtralConfig
+
+    ids = tokenizer.convert_tokens_to_ids
+    return VoxtralConfig(
+        audio_config={
+            "hidden_size": 32,
+            "intermediate_size": 4 * 32,  # the projector reads 4 consecutive encoder frames as one token
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_mel_bins": 128,
+            "max_source_positions": 1500,
+        },
+        text_config={
+            "vocab_size": vocab_size,
+            "hidden_size": hidden_size,
+            "intermediate_size": 2 * hidden_size,
+            "num_hidden_layers": num_layers,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": hidden_size // 4,
+            "max_position_embeddings": 32768,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e8},
+            "bos_token_id": ids("<s>"),
+            "eos_token_id": ids("</s>"),
+            "pad_token_id": ids(PAD),
+            "tie_word_embeddings": False,
+        },
+        audio_token_id=ids("[AUDIO]"),
+    )
+
+
+def _phi4mm_speech_lora(model, folder: Path, rank: int = 4, alpha: float = 8.0) -> None:
+    """A random PEFT-format speech LoRA for the tiny Phi-4-multimodal (qkv/o/gate_up/down of every layer)."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    targets = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+    tensors = {}
+    for name, module in model.model.layers.named_modules():
+        if name.rsplit(".", 1)[-1] in targets:
+            key = f"base_model.model.model.layers.{name}"
+            tensors[f"{key}.lora_A.weight"] = torch.randn(rank, module.in_features) * 0.2
+            tensors[f"{key}.lora_B.weight"] = torch.randn(module.out_features, rank) * 0.2
+    folder.mkdir()
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    config = {
+        "peft_type": "LORA",
+        "r": rank,
+        "lora_alpha": alpha,
+        "target_modules": list(targets),
+        "bias": "none",
+    }
+    (folder / "adapter_config.json").write_text(json.dumps(config, indent=1))
+
+
 def tiny_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """`cache_dir`, else `$HEADROUTER_CACHE`, else `~/.cache/headrouter`."""
     if cache_dir is not None:
@@ -235,52 +354,72 @@ def tiny_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(os.environ.get("HEADROUTER_CACHE") or Path.home() / ".cache" / "headrouter")
 
 
+# alias -> family; family -> (tokenizer: family specials, eos, bos), window of the saved feature extractor
+TINY_FAMILIES = {
+    "tiny-random": "qwen2_5_omni",
+    "tiny-random-qwen2-audio": "qwen2_audio",
+    "tiny-random-phi4mm": "phi4_multimodal",
+    "tiny-random-voxtral": "voxtral",
+}
+_TOKENIZERS = {
+    "qwen2_5_omni": ((), IM_END, None),
+    "qwen2_audio": ((), IM_END, None),
+    "phi4_multimodal": (PHI4MM_SPECIALS, "<|end|>", ENDOFTEXT),
+    "voxtral": (VOXTRAL_SPECIALS, "</s>", "<s>"),
+}
+
+
 def build_tiny_random(path: str | os.PathLike, family: str = "qwen2_5_omni", seed: int = 0) -> Path:
     """Write a tiny random model folder (config, safetensors, tokenizer, feature extractor) to `path`.
 
-    `family` is "qwen2_5_omni" (a `Qwen2_5OmniThinkerForConditionalGeneration`) or "qwen2_audio"
-    (a `Qwen2AudioForConditionalGeneration`). Weights come from `torch.manual_seed(seed)`, so a rebuild is
-    identical. The folder is written next to `path` and renamed into place, so readers never see half of it.
+    `family`: "qwen2_5_omni" (`Qwen2_5OmniThinkerForConditionalGeneration`), "qwen2_audio"
+    (`Qwen2AudioForConditionalGeneration`), "phi4_multimodal" (`Phi4MultimodalForCausalLM`, plus a random
+    `speech-lora/` adapter) or "voxtral" (`VoxtralForConditionalGeneration`). Weights come from
+    `torch.manual_seed(seed)`, so a rebuild is identical. The folder is written next to `path` and renamed into
+    place, so readers never see half of it.
     """
     import torch
+    import transformers
     from transformers import GenerationConfig
 
     from headrouter.audio import make_feature_extractor
 
+    if family not in _TOKENIZERS:
+        raise ValueError(f"unknown tiny family {family!r}: expected one of {sorted(_TOKENIZERS)}")
     path = Path(path)
-    tokenizer = build_word_tokenizer(DEFAULT_WORDS)
+    specials, eos, bos = _TOKENIZERS[family]
+    tokenizer = build_word_tokenizer(DEFAULT_WORDS, family_specials=specials, eos_token=eos, bos_token=bos)
     vocab_size = len(tokenizer)
-    if family == "qwen2_5_omni":
-        from transformers import Qwen2_5OmniThinkerForConditionalGeneration as cls
-
-        config = tiny_thinker_config(vocab_size, tokenizer)
-        window_s = 300.0
-    elif family == "qwen2_audio":
-        from transformers import Qwen2AudioForConditionalGeneration as cls
-
-        config = tiny_qwen2_audio_config(vocab_size, tokenizer)
-        window_s = 30.0
-    else:
-        raise ValueError(f"unknown tiny family {family!r}: expected 'qwen2_5_omni' or 'qwen2_audio'")
+    config_fn, cls_name = {
+        "qwen2_5_omni": (tiny_thinker_config, "Qwen2_5OmniThinkerForConditionalGeneration"),
+        "qwen2_audio": (tiny_qwen2_audio_config, "Qwen2AudioForConditionalGeneration"),
+        "phi4_multimodal": (tiny_phi4mm_config, "Phi4MultimodalForCausalLM"),
+        "voxtral": (tiny_voxtral_config, "VoxtralForConditionalGeneration"),
+    }[family]
+    config = config_fn(vocab_size, tokenizer)
     torch.manual_seed(seed)
-    model = cls(config).eval()
+    model = getattr(transformers, cls_name)(config).eval()
     with torch.no_grad():
         # transformers initialises biases to zero; random ones make a dropped bias (e.g. in the probe) visible.
         for module in model.modules():
             if isinstance(module, torch.nn.Linear) and module.bias is not None:
                 module.bias.normal_(0.0, 0.1)
-    ids = special_token_ids(tokenizer)
+    eos_ids = [tokenizer.convert_tokens_to_ids(eos), tokenizer.convert_tokens_to_ids(ENDOFTEXT)]
     model.generation_config = GenerationConfig(
-        eos_token_id=[ids["eos_token_id"], ids["endoftext_token_id"]],
-        pad_token_id=ids["pad_token_id"],
-        do_sample=False,
+        eos_token_id=eos_ids, pad_token_id=tokenizer.convert_tokens_to_ids(PAD), do_sample=False
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        make_feature_extractor(window_s=window_s).save_pretrained(tmp)
+        if family == "phi4_multimodal":
+            from transformers import Phi4MultimodalFeatureExtractor
+
+            Phi4MultimodalFeatureExtractor().save_pretrained(tmp)
+            _phi4mm_speech_lora(model, tmp / "speech-lora")
+        else:
+            make_feature_extractor(window_s=300.0 if family == "qwen2_5_omni" else 30.0).save_pretrained(tmp)
         if path.exists():
             shutil.rmtree(path)
         tmp.rename(path)
@@ -292,8 +431,8 @@ def build_tiny_random(path: str | os.PathLike, family: str = "qwen2_5_omni", see
 
 
 def tiny_path(alias: str, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Folder for a tiny alias ("tiny-random" or "tiny-random-qwen2-audio"), built on first use."""
-    family = {"tiny-random": "qwen2_5_omni", "tiny-random-qwen2-audio": "qwen2_audio"}[alias]
+    """Folder for a tiny alias (a key of `TINY_FAMILIES`), built on first use."""
+    family = TINY_FAMILIES[alias]
     path = tiny_cache_dir(cache_dir) / f"{alias}-{_RECIPE}"
     if not (path / "config.json").exists():
         build_tiny_random(path, family=family)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from headrouter.adapters import qwen2_5_omni, qwen2_audio
+from headrouter.adapters import phi4_multimodal, qwen2_5_omni, qwen2_audio, voxtral
 
 __all__ = ["FAMILIES", "adapter_for"]
 
-FAMILIES = (qwen2_5_omni, qwen2_audio)
+FAMILIES = (qwen2_5_omni, qwen2_audio, phi4_multimodal, voxtral)
 
 
 def adapter_for(config: dict):
@@ -18,6 +18,5 @@ def adapter_for(config: dict):
             return family
     supported = sorted(t for f in FAMILIES for t in f.MODEL_TYPES)
     raise ValueError(
-        f"unsupported model: model_type={model_type!r}, architectures={archs}; supported model types: {supported} "
-        "(Phi-4-multimodal and Voxtral are not supported yet)"
+        f"unsupported model: model_type={model_type!r}, architectures={archs}; supported model types: {supported}"
     )
