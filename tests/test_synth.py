@@ -9,6 +9,7 @@ import pytest
 import soundfile as sf
 
 from quality.scoring import choice_score, normalize, score, word_accuracy
+from quality.synth import sounds as snd
 from quality.synth.generate import write_split
 from quality.synth.tasks import (
     CATEGORY,
@@ -33,6 +34,18 @@ def test_same_seed_regenerates_bit_identical_files(tmp_path):
     files_a, files_b = _files(a.parent), _files(b.parent)
     assert len(files_a) == N + 1
     assert files_a == files_b
+
+
+def test_speech_is_identical_on_a_fresh_machine(tmp_path, monkeypatch):
+    """espeak-ng's breath noise (the +f voices) must not depend on libpulse's first-run state in HOME."""
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.delenv("PULSE_RUNTIME_PATH", raising=False)
+    clips = []
+    for home in ("a", "b"):  # two fresh HOMEs: each the first espeak-ng run on a new machine
+        (tmp_path / home).mkdir()
+        monkeypatch.setenv("HOME", str(tmp_path / home))
+        clips.append(snd.speak("4 9 5 6", "en-us+f2", 131, 35))
+    assert np.array_equal(clips[0], clips[1])
 
 
 def test_seeds_and_splits_give_different_audio():

@@ -2,11 +2,13 @@
 
 Every function returns float32 mono audio at 16 kHz. Randomness comes only from the `numpy.random.Generator`
 passed in, and the external tools run with fixed arguments (espeak-ng is deterministic for fixed text, voice,
-speed and pitch; sox runs with `-R` and without dither), so one seed always gives the same samples.
+speed and pitch once libpulse is kept out of the way, see `speak`; sox runs with `-R` and without dither), so one
+seed always gives the same samples.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import numpy as np
@@ -19,12 +21,23 @@ FEMALE_VARIANTS = ("f1", "f2", "f3", "f4", "f5")
 ACCENTS = ("en-us", "en", "en-029", "en-gb-scotland")
 
 
+def _espeak_env() -> dict[str, str]:
+    # espeak-ng links libpulse, which starts a client even with --stdout. In a HOME without
+    # ~/.config/pulse/<machine-id>-runtime (a fresh machine or container, or a stale link) and without
+    # XDG_RUNTIME_DIR, the client creates /tmp/pulse-XXXXXXXXXXXX, reseeding libc's rand() from /dev/urandom
+    # to name it; the breath noise of the +f voices comes from that rand(), so the first clip spoken on a fresh
+    # machine differed from every later run. A server address that does not exist makes the client give up
+    # before it creates anything: rand() keeps its fixed default seed.
+    return {**os.environ, "PULSE_SERVER": "unix:/nonexistent/headrouter-synth"}
+
+
 def speak(text: str, voice: str, speed: int, pitch: int) -> np.ndarray:
     """Speak `text` with espeak-ng (`voice` like "en-us+f3", `speed` words/min, `pitch` 0-99) -> [n] float32."""
     wav = subprocess.run(
         ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", text],
         check=True,
         capture_output=True,
+        env=_espeak_env(),
     ).stdout
     raw = subprocess.run(
         [
