@@ -166,10 +166,10 @@ def _model_alone(folder: Path, model: str, method: str, retain: float, batch_siz
     from pyarrow import fs as pafs
 
     from headrouter import PruneOptions, load_lalm
+    from headrouter.loading import model_window_s
     from headrouter.prompt import ASR_PROMPT
     from pipeline.chunking import chunk_stream
     from pipeline.decode import SAMPLE_RATE, decode_stream
-    from pipeline.graph import model_window_s
 
     t0 = time.perf_counter()
     lalm = load_lalm(model)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from headrouter.engine import LALM
 
-__all__ = ["TINY_ALIASES", "load_lalm", "resolve_model"]
+__all__ = ["TINY_ALIASES", "adapter_for_model", "load_lalm", "model_window_s", "resolve_model"]
 
 log = logging.getLogger("headrouter")
 
@@ -50,6 +50,37 @@ def resolve_model(
             "an s3://bucket/prefix or a hub id 'org/name'"
         )
     return name  # a hub id, tried only because the user named it
+
+
+def adapter_for_model(name: str, endpoint_url: str | None = None):
+    """The adapter module of model `name` without loading weights (or downloading them): tiny aliases by their
+    family, local folders and s3:// prefixes by their config.json, hub ids by the hub's config.json."""
+    import importlib
+
+    from headrouter.adapters import adapter_for
+    from headrouter.tiny import TINY_FAMILIES
+
+    if name in TINY_FAMILIES:
+        return importlib.import_module(f"headrouter.adapters.{TINY_FAMILIES[name]}")
+    if name.startswith("s3://"):
+        import boto3
+
+        bucket, _, prefix = name[len("s3://") :].partition("/")
+        s3 = boto3.client("s3", endpoint_url=endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None)
+        key = f"{prefix.strip('/')}/config.json".lstrip("/")
+        return adapter_for(json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
+    location = resolve_model(name)
+    if Path(location).is_dir():
+        return adapter_for(json.loads((Path(location) / "config.json").read_text()))
+    from huggingface_hub import hf_hub_download
+
+    return adapter_for(json.loads(Path(hf_hub_download(location, "config.json")).read_text()))
+
+
+def model_window_s(name: str, endpoint_url: str | None = None) -> float:
+    """The longest audio (seconds) one call of model `name` takes: its adapter's WINDOW_S, the limit the
+    loaded engine enforces. Needs no weights, so the pipeline's driver can chunk before any model loads."""
+    return float(adapter_for_model(name, endpoint_url).WINDOW_S)
 
 
 def load_lalm(

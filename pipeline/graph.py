@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -41,20 +40,6 @@ SEGMENT_SCHEMA = pa.schema(
 )
 
 SILENCE_PEAK = 1e-4  # about -80 dBFS: digital silence, not a quiet room
-KNOWN_WINDOWS_S = {"tiny-random": 300.0, "tiny-synth": 300.0, "tiny-random-qwen2-audio": 30.0}
-
-
-def model_window_s(model: str) -> float:
-    """The model's audio window without loading the model (the actors check it again after loading)."""
-    if model in KNOWN_WINDOWS_S:
-        return KNOWN_WINDOWS_S[model]
-    cfg = os.path.join(model, "preprocessor_config.json")
-    if os.path.isfile(cfg):
-        with open(cfg) as f:
-            chunk = json.load(f).get("chunk_length")
-        if chunk:
-            return float(chunk)
-    return 30.0 if "qwen2-audio" in model.lower() else 300.0
 
 
 @functools.lru_cache(maxsize=4)

@@ -9,7 +9,7 @@ import uuid
 from collections import Counter
 from datetime import UTC, datetime
 
-from pipeline.graph import build_dataset, model_window_s, source_items
+from pipeline.graph import build_dataset, source_items
 from pipeline.options import RunFailed, RunOptions, RunSummary, UsageError
 from pipeline.resume import completed_ids
 from pipeline.sink import ResultSink, write_json_atomic
@@ -60,7 +60,9 @@ def run_job(opts: RunOptions, commit_every_s: float = 10.0, on_start=None, obser
     sink = ResultSink(out_fs, root, run_id, attempt_id, commit_every_s=commit_every_s)
     missing: list[str] = []
     if todo:
-        window_s = min(opts.window_s or 1e9, model_window_s(opts.model))
+        from headrouter.loading import model_window_s  # no weights loaded; imports torch
+
+        window_s = min(opts.window_s or 1e9, model_window_s(opts.model, opts.s3_endpoint))
         started_ray = _ensure_ray(opts)
         try:
             ds = build_dataset(source_items(todo, opts, run_id, attempt_id), opts, window_s)

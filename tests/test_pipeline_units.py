@@ -383,3 +383,13 @@ def test_actor_udf_with_the_real_tiny_model(example_audio_dir):
     assert rows[0]["audio_tokens"] == 263 and rows[0]["kept_tokens"] == int(263 * 0.6)
     assert abs(rows[0]["alpha_semantic"] + rows[0]["alpha_uniform"] + rows[0]["alpha_acoustic"] - 1) < 1e-4
     assert rows[1]["status"] == "error" and rows[1]["error"].startswith("invalid_audio:")
+
+
+def test_chunk_window_is_the_window_the_loaded_engine_enforces():
+    from headrouter import load_lalm
+    from headrouter.loading import model_window_s, resolve_model
+
+    for alias, window in (("tiny-random", 300.0), ("tiny-random-qwen2-audio", 30.0)):
+        folder = resolve_model(alias)
+        assert model_window_s(alias) == model_window_s(folder) == load_lalm(alias).window_s == window
+    assert model_window_s("tiny-synth") == 300.0
