@@ -341,8 +341,11 @@ def test_image_installs_what_make_test_installs():
     makefile = (ROOT / "Makefile").read_text()
     runs = _dockerfile_runs()
     pips = [r for r in runs if re.search(r"\bpip install\b", r)]
-    assert len(pips) == 2, pips
-    torch_line, req_line = pips
+    assert len(pips) == 3, pips
+    torch_line, req_line, project_line = pips
+    # last, the project itself without dependencies (everything it needs came pinned from the lines above)
+    assert project_line == "pip install --no-deps /app"
+    assert dockerfile.index("COPY . /app") < dockerfile.index("RUN " + project_line)
     # torch first, alone, pinned to the Makefile's version
     make_torch = re.search(r"pip install[^\n]*\btorch==([\w.]+)", makefile).group(1)
     arg_torch = re.search(r"^ARG TORCH_VERSION=(\S+)$", dockerfile, re.M).group(1)
