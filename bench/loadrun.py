@@ -1,7 +1,7 @@
 """Load run (a benchmark outside `make test`, run by `python -m jobs.loadtest`): many short files, then one very
 long archive, through the pipeline.
 
-Checks what the reliability issue asks of a load run and prints the figures: the run completes, memory (the
+Checks that a long load run stays healthy and prints the figures: the run completes, memory (the
 driver plus every Ray process it started) stays bounded and does not grow with hours processed, throughput in
 the last third of each run is not below the first third, and every row is present (one files/ row per source;
 the archive's chunks cover it with no gap).

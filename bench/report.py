@@ -1,4 +1,5 @@
-"""Targets of issue 8 checked against the benchmark's results, and the Markdown report."""
+"""The performance targets (pruning efficiency vs the FLOP bound, routing overhead, memory, pipeline overhead)
+checked against the benchmark's results, and the Markdown report."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def _target(name: str, measured: str, met: bool | None, note: str = "") -> dict:
 
 
 def targets(res: dict) -> list[dict]:
-    """One entry per target of the issue: what was measured and whether it is met (None: not measured)."""
+    """One entry per performance target: what was measured and whether it is met (None: not measured)."""
     out = []
     pre = res.get("prefill") or []
     n = _longest(pre)

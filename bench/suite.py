@@ -48,7 +48,7 @@ class Plan:
     lengths: tuple[int, ...] = (1500, 7500)
     rounds: tuple[int, ...] = (3, 2)  # per length; 7500 tokens cost ~25 s per vanilla prefill here
     memory_length: int = 7500
-    # (method, retain) pairs measured after vanilla; FastV and HeadRouter are the comparison
+    # (method, retain) pairs measured after vanilla; FastV vs HeadRouter is the main comparison
     memory_configs: tuple[tuple[str, float], ...] = (
         ("fastv", 0.4),
         ("headrouter", 0.4),

@@ -31,8 +31,8 @@ def resolve_model(
         path = _REPO_ROOT / "models" / "tiny-synth"
         if not (path / "config.json").exists():
             raise FileNotFoundError(
-                f"tiny-synth model not found at {path}: it is trained and committed by the quality issue "
-                "(models/tiny-synth/); use 'tiny-random' until then"
+                f"tiny-synth model not found at {path}: it ships in the checkout's models/tiny-synth/ "
+                "(an installed package has no models/): pass that folder's path, or use 'tiny-random'"
             )
         return str(path)
     if name.startswith("s3://"):

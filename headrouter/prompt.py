@@ -1,4 +1,4 @@
-"""The one prompt template shared by the engine, training and calibration (see CONTRACTS.md).
+"""The one prompt template shared by the engine, training and calibration.
 
 `[system block]<|im_start|>user\\n<|audio_bos|><|AUDIO|>*N<|audio_eos|>{prompt}<|im_end|>\\n<|im_start|>assistant\\n`
 """

@@ -1,8 +1,9 @@
 """Tiny, randomly initialised LALMs built offline (real architectures, tiny configs) for tests and the demo.
 
 Everything here is local: a word-level tokenizer built with the `tokenizers` library, a tiny config, and a
-model folder written with `save_pretrained` (the folder format of CONTRACTS.md), which `load_lalm` then reads
-through the same `from_pretrained` path a real checkpoint takes.
+model folder written with `save_pretrained` (config.json, model.safetensors, tokenizer files,
+preprocessor_config.json), which `load_lalm` then reads through the same `from_pretrained` path a real
+checkpoint takes.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@
 Reads DIR/train.jsonl (and DIR/test.jsonl for the held-out evaluation when present), caches mel features as
 fp16 .npy under DIR/mel/, trains with AdamW and a warm-up + cosine schedule over the time budget (or over
 `--steps` when given, which makes the run's schedule independent of machine speed), and writes the model folder
-of CONTRACTS.md (config.json, model.safetensors, tokenizer, preprocessor_config.json) plus training_info.json.
+load_lalm reads (config.json, model.safetensors, tokenizer, preprocessor_config.json) plus training_info.json.
 Loss is cross-entropy on the answer tokens and `<|im_end|>` only.
 """
 

@@ -24,67 +24,62 @@ from pyarrow import fs as pafs
 
 log = logging.getLogger("pipeline")
 
-CHUNK_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("attempt_id", pa.string()),
-        ("id", pa.string()),
-        ("source", pa.string()),
-        ("chunk_index", pa.int32()),
-        ("start_s", pa.float64()),
-        ("end_s", pa.float64()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-        ("task", pa.string()),
-        ("question", pa.string()),
-        ("text", pa.string()),
-        ("model", pa.string()),
-        ("method", pa.string()),
-        ("retain", pa.float64()),
-        ("audio_tokens", pa.int64()),
-        ("kept_tokens", pa.int64()),
-        ("alpha_semantic", pa.float64()),
-        ("alpha_uniform", pa.float64()),
-        ("alpha_acoustic", pa.float64()),
-        ("spread", pa.float64()),
-        ("prefill_s", pa.float64()),
-        ("decode_s", pa.float64()),
-        ("kv_bytes_full", pa.int64()),
-        ("kv_bytes_kept", pa.int64()),
-        ("silent", pa.bool_()),
-        ("last", pa.bool_()),
-        ("node_id", pa.string()),
-    ]
-)
+# Every output column and its type, once; each table lists its columns in order, so a column both tables
+# hold (identity, status, request, pruning, timing) has one type.
+_TYPES = {
+    "run_id": pa.string(),
+    "attempt_id": pa.string(),
+    "id": pa.string(),
+    "source": pa.string(),
+    "chunk_index": pa.int32(),
+    "start_s": pa.float64(),
+    "end_s": pa.float64(),
+    "status": pa.string(),
+    "error": pa.string(),
+    "error_kind": pa.string(),
+    "task": pa.string(),
+    "question": pa.string(),
+    "text": pa.string(),
+    "duration_s": pa.float64(),
+    "num_chunks": pa.int32(),
+    "num_errors": pa.int32(),
+    "model": pa.string(),
+    "method": pa.string(),
+    "retain": pa.float64(),
+    "audio_tokens": pa.int64(),
+    "kept_tokens": pa.int64(),
+    "alpha_semantic": pa.float64(),
+    "alpha_uniform": pa.float64(),
+    "alpha_acoustic": pa.float64(),
+    "spread": pa.float64(),
+    "prefill_s": pa.float64(),
+    "decode_s": pa.float64(),
+    "kv_bytes_full": pa.int64(),
+    "kv_bytes_kept": pa.int64(),
+    "silent": pa.bool_(),
+    "last": pa.bool_(),
+    "node_id": pa.string(),
+    "committed_at": pa.timestamp("us", tz="UTC"),
+}
+_IDENTITY = ("run_id", "attempt_id", "id", "source")
+_PRUNING = ("model", "method", "retain", "audio_tokens", "kept_tokens", "alpha_semantic", "alpha_uniform",
+            "alpha_acoustic")  # fmt: skip
 
-FILE_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("attempt_id", pa.string()),
-        ("id", pa.string()),
-        ("source", pa.string()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-        ("error_kind", pa.string()),
-        ("text", pa.string()),
-        ("duration_s", pa.float64()),
-        ("num_chunks", pa.int32()),
-        ("num_errors", pa.int32()),
-        ("task", pa.string()),
-        ("question", pa.string()),
-        ("model", pa.string()),
-        ("method", pa.string()),
-        ("retain", pa.float64()),
-        ("audio_tokens", pa.int64()),
-        ("kept_tokens", pa.int64()),
-        ("alpha_semantic", pa.float64()),
-        ("alpha_uniform", pa.float64()),
-        ("alpha_acoustic", pa.float64()),
-        ("prefill_s", pa.float64()),
-        ("decode_s", pa.float64()),
-        ("committed_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
+
+def _schema(*names: str) -> pa.Schema:
+    return pa.schema([(n, _TYPES[n]) for n in names])
+
+
+# one row per chunk: the model's answer for one window of audio
+CHUNK_SCHEMA = _schema(
+    *_IDENTITY, "chunk_index", "start_s", "end_s", "status", "error", "task", "question", "text", *_PRUNING,
+    "spread", "prefill_s", "decode_s", "kv_bytes_full", "kv_bytes_kept", "silent", "last", "node_id",
+)  # fmt: skip
+# one row per source file: its chunks' text joined, totals and means over its chunks
+FILE_SCHEMA = _schema(
+    *_IDENTITY, "status", "error", "error_kind", "text", "duration_s", "num_chunks", "num_errors", "task",
+    "question", *_PRUNING, "prefill_s", "decode_s", "committed_at",
+)  # fmt: skip
 
 
 def write_table_atomic(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:

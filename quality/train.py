@@ -134,7 +134,8 @@ def evaluate(model, tokenizer, examples: list[Example], batch_size: int = 16) ->
 
 
 def save(model, tokenizer, out: Path, info: dict) -> None:
-    """Write the model folder of CONTRACTS.md plus training_info.json."""
+    """Write a model folder load_lalm reads (config.json, model.safetensors, tokenizer, preprocessor_config.json)
+    plus training_info.json."""
     from headrouter.audio import make_feature_extractor
 
     out.mkdir(parents=True, exist_ok=True)

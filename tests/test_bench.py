@@ -1,4 +1,4 @@
-"""The benchmark (issue 8): FLOP bound on hand-computed cases, the harness measures what it claims, and a
+"""The benchmark: FLOP bound on hand-computed cases, the harness measures what it claims, and a
 `--quick` smoke run of the whole CLI whose outputs have the promised structure. No timing is asserted."""
 
 from __future__ import annotations
