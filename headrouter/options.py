@@ -16,6 +16,8 @@ METHODS = (
     "headrouter-hard",
     "headrouter-norouter",
     "headrouter-noprefilter",
+    "headrouter-oracle",
+    "headrouter-learned",
 )
 # Layer M-1's normalized input (what its q/k projections see in the model) or its output (the residual
 # stream after layers 0..M-1, RMS-normalized by layer M-1's input_layernorm before the projections).
@@ -26,6 +28,8 @@ QUERY_TOKENS = ("after_audio", "all_text")
 
 # The Frame pre-filter's intermediate budget: HeadRouter scores min(Na, ceil(2.0 * k)) evenly spaced
 # candidates and keeps the best k. The paper leaves the ratio open; 2 halves the candidates per kept token.
+# At retain >= 0.5 it does (almost) nothing: k = floor(Na * retain) >= (Na - 1) / 2, so 2k >= Na - 1 and at
+# most one token is not a candidate; HeadRouter is then routing-only (headrouter == headrouter-noprefilter).
 DEFAULT_PREFILTER = 2.0
 
 
@@ -35,16 +39,22 @@ class PruneOptions:
 
     method: one of `METHODS`. "vanilla" runs the stock model without hooks. "headrouter" = soft routing +
     Frame pre-filter; "-hard" = hard-threshold routing; "-norouter" = uniform head weights + pre-filter;
-    "-noprefilter" = soft routing over all audio tokens.
+    "-noprefilter" = soft routing over all audio tokens; "-oracle" = the sample's true category profile
+    (evaluation only: needs `categories=` in `LALM.generate`; the upper bound of any router over the two
+    profiles); "-learned" = alpha from the classifier fitted by `jobs.calibrate` (`headrouter.learned`).
     retain: fraction of audio tokens kept, in [0, 1] (floor(Na * retain) kept, exact for decimals).
     layer: pruning layer M in [1, L-1]; layers < M see every token, layers >= M only the kept ones.
     profiles: path of a Profiles JSON; None uses the model folder's headrouter_profiles.json, else uniform.
-    prefilter: Frame pre-filter ratio (>= 1) for headrouter, -hard and -norouter; default `DEFAULT_PREFILTER`.
+    prefilter: Frame pre-filter ratio f (>= 1) for every headrouter method but -noprefilter; default
+    `DEFAULT_PREFILTER` = 2.0. It scores m = min(Na, ceil(f * k)) evenly spaced candidates, so with f = 2 it
+    does nothing at retain >= 0.5 (all tokens, or all but one, are candidates): it acts only below 0.5.
     probe_input: "normed" (default) or "hidden", see `PROBE_INPUTS`.
     query_tokens: "after_audio" (default) or "all_text", see `QUERY_TOKENS`.
     prune_audio_markers: False (default) keeps <|audio_bos|>/<|audio_eos|> and prunes only <|AUDIO|> tokens;
     True lets the markers be pruned like AudioMarathon does (the prunable span is then N + 2 tokens).
     seed: seed of the "random" method.
+    override_profile_settings: use profiles calibrated under another layer / probe input / query tokens /
+    pre-filter ratio anyway (a warning instead of `ProfileError`, see `Profiles.check_settings`).
     """
 
     method: str = "headrouter"
@@ -56,6 +66,7 @@ class PruneOptions:
     query_tokens: str = "after_audio"
     prune_audio_markers: bool = False
     seed: int = 0
+    override_profile_settings: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -75,12 +86,14 @@ class PruneOptions:
 
     @property
     def routing(self) -> str | None:
-        """HeadRouter routing mode for this method ("soft", "hard", "none"), None for the baselines."""
+        """HeadRouter routing mode for this method (see `routing.ROUTINGS`), None for the baselines."""
         return {
             "headrouter": "soft",
             "headrouter-noprefilter": "soft",
             "headrouter-hard": "hard",
             "headrouter-norouter": "none",
+            "headrouter-oracle": "oracle",
+            "headrouter-learned": "learned",
         }.get(self.method)
 
     @property

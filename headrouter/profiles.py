@@ -1,8 +1,14 @@
-"""Head-weight profiles (paper sec. 3.3.2) and Gaussian routing parameters (eq. 13), with versioned JSON files."""
+"""Head-weight profiles (paper sec. 3.3.2) and Gaussian routing parameters (eq. 13), with versioned JSON files.
+
+Format version 2 adds `settings` (the pruning settings the profiles were calibrated under: layer, probe input,
+query tokens, pre-filter ratio; checked by `Profiles.check_settings`) and `router` (the learned router's
+classifier, `headrouter.learned`). Version 1 files (neither) still load; their settings are unknown and unchecked.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -10,10 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FORMAT", "VERSION", "ProfileError", "Profiles"]
+from .learned import LearnedRouter
+
+__all__ = ["FORMAT", "SETTINGS", "VERSION", "ProfileError", "Profiles"]
+
+log = logging.getLogger("headrouter")
 
 FORMAT = "headrouter-profiles"
-VERSION = 1
+VERSION = 2
+_READABLE = (1, 2)
+# the PruneOptions fields a calibration depends on (retain is not one: profiles are used at every budget)
+SETTINGS = ("layer", "probe_input", "query_tokens", "prefilter")
 
 # Placeholder routing parameters for a model without calibration. With both profiles uniform every alpha gives
 # the same w* (uniform heads), so these values only shape the reported alpha, never the kept tokens.
@@ -47,6 +60,12 @@ def _weights(name: str, values: Any) -> tuple[float, ...]:
     return out
 
 
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool):
+        return float(a) == float(b)
+    return a == b
+
+
 def _number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ProfileError(f"profiles: {name} must be a number, got {type(value).__name__}")
@@ -62,6 +81,8 @@ class Profiles:
     Weights are per query head (length H), non-negative, not all zero; they are normalized to sum 1 where they
     are mixed (eq. 14), so any positive scale is fine. centers = (mu_sem, mu_uni, mu_aco) on the selectivity
     spread axis (eq. 11); layer is the pruning layer M the profiles were calibrated for.
+    settings: {layer, probe_input, query_tokens, prefilter} of the calibration, or None when unknown (version 1
+    files, uniform profiles): then `check_settings` accepts any run. router: the learned router, or None.
     """
 
     semantic: tuple[float, ...]
@@ -71,6 +92,8 @@ class Profiles:
     model_id: str = ""
     layer: int = 2
     calibration: dict = field(default_factory=dict, hash=False)
+    settings: dict | None = field(default=None, hash=False)
+    router: LearnedRouter | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         sem = _weights("semantic", self.semantic)
@@ -98,6 +121,25 @@ class Profiles:
             raise ProfileError(
                 f"profiles: calibration must be a JSON object, got {type(self.calibration).__name__}"
             )
+        if self.settings is not None:
+            if not isinstance(self.settings, dict) or sorted(self.settings) != sorted(SETTINGS):
+                raise ProfileError(f"profiles: settings must be an object with exactly the keys {SETTINGS}")
+            if self.settings["layer"] != self.layer:
+                raise ProfileError(
+                    f"profiles: settings layer {self.settings['layer']!r} disagrees with layer {self.layer}"
+                )
+            object.__setattr__(self, "settings", dict(self.settings))
+        if self.router is not None:
+            if not isinstance(self.router, LearnedRouter):
+                raise ProfileError(
+                    f"profiles: router must be a LearnedRouter, got {type(self.router).__name__}"
+                )
+            names = self.router.features
+            expected = len(names) + (len(sem) - 1 if "selectivity" in names else 0)
+            if self.router.num_features != expected:
+                raise ProfileError(
+                    f"profiles: the router expects {self.router.num_features} features, {names} give {expected}"
+                )
         object.__setattr__(self, "semantic", sem)
         object.__setattr__(self, "acoustic", aco)
         object.__setattr__(self, "centers", centers)
@@ -116,11 +158,46 @@ class Profiles:
                 + (f" (profiles calibrated for {self.model_id!r})" if self.model_id else "")
             )
 
+    def check_settings(
+        self,
+        *,
+        layer: int,
+        probe_input: str,
+        query_tokens: str,
+        prefilter: float | None,
+        override: bool = False,
+    ) -> None:
+        """Raise ProfileError when a run's settings differ from the calibration's (override=True only warns).
+
+        Profiles without recorded settings (version 1 files, `uniform`) pass for any settings.
+        """
+        if self.settings is None:
+            return
+        run = {
+            "layer": layer,
+            "probe_input": probe_input,
+            "query_tokens": query_tokens,
+            "prefilter": prefilter,
+        }
+        diff = [key for key in SETTINGS if not _same(self.settings[key], run[key])]
+        if not diff:
+            return
+        have = ", ".join(f"{k}={self.settings[k]!r}" for k in diff)
+        want = ", ".join(f"{k}={run[k]!r}" for k in diff)
+        message = f"profiles: calibrated with {have} but this run uses {want}"
+        if override:
+            log.warning("%s (override_profile_settings: using them anyway)", message)
+            return
+        raise ProfileError(
+            f"{message}; recalibrate (python -m jobs.calibrate) or set override_profile_settings=True"
+        )
+
     @classmethod
     def uniform(cls, num_heads: int, model_id: str = "", layer: int = 2) -> Profiles:
         """Profiles for a model without calibration: both profiles uniform, so w* is uniform for any input.
 
-        The centers (0.05, 0.1, 0.2) and bandwidth 0.05 are placeholders: they set the reported alpha only.
+        The centers (0.05, 0.1, 0.2) and bandwidth 0.05 are placeholders: they set the reported alpha only; the
+        router is uninformative (routing="learned" gives alpha = (0, 1, 0)).
         """
         if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
             raise ProfileError(f"profiles: num_heads must be a positive int, got {num_heads!r}")
@@ -133,8 +210,9 @@ class Profiles:
             layer=layer,
             calibration={
                 "method": "uniform",
-                "note": "no calibration; centers and bandwidth are placeholders",
+                "note": "no calibration; centers, bandwidth and the (uninformative) router are placeholders",
             },
+            router=LearnedRouter.uninformative(num_heads),
         )
 
     def to_dict(self) -> dict:
@@ -149,6 +227,8 @@ class Profiles:
             "centers": list(self.centers),
             "bandwidth": self.bandwidth,
             "calibration": self.calibration,
+            "settings": self.settings,
+            "router": None if self.router is None else self.router.to_dict(),
         }
 
     @classmethod
@@ -158,10 +238,16 @@ class Profiles:
             raise ProfileError(f"profiles: expected a JSON object, got {type(data).__name__}")
         if data.get("format") != FORMAT:
             raise ProfileError(f"profiles: not a {FORMAT!r} file (format={data.get('format')!r})")
-        if data.get("version") != VERSION:
+        if data.get("version") not in _READABLE:
             raise ProfileError(
-                f"profiles: unsupported version {data.get('version')!r}; this code reads {VERSION}"
+                f"profiles: unsupported version {data.get('version')!r}; this code reads {_READABLE}"
             )
+        router = data.get("router")
+        if router is not None:
+            try:
+                router = LearnedRouter.from_dict(router)
+            except ValueError as exc:
+                raise ProfileError(f"profiles: {exc}") from None
         required = ("num_heads", "semantic", "acoustic", "centers", "bandwidth")
         missing = [key for key in required if key not in data]
         if missing:
@@ -174,6 +260,8 @@ class Profiles:
             model_id=data.get("model_id", ""),
             layer=data.get("layer", 2),
             calibration=data.get("calibration", {}),
+            settings=data.get("settings"),
+            router=router,
         )
         declared = data["num_heads"]
         if isinstance(declared, bool) or not isinstance(declared, int) or declared != profiles.num_heads:

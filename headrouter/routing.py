@@ -18,11 +18,13 @@ from .profiles import Profiles
 
 __all__ = [
     "ROUTINGS",
+    "SPREAD_ROUTINGS",
     "HeadRouter",
     "Selection",
     "frame_indices",
     "keep_count",
     "mix_head_weights",
+    "oracle_alpha",
     "probe_distribution",
     "routing_alpha",
     "selectivity",
@@ -33,7 +35,11 @@ __all__ = [
 
 # soft: eq. 13. hard: one-hot at the nearest center (the paper's "Hard Threshold" ablation; thresholds are the
 # midpoints between centers). none: alpha = (0, 1, 0), uniform heads (the "w/o Router" ablation).
-ROUTINGS = ("soft", "hard", "none")
+SPREAD_ROUTINGS = ("soft", "hard", "none")
+# oracle: one-hot at the sample's true category (evaluation only: the upper bound of any router over these two
+# profiles). learned: a classifier on the per-head selectivities (headrouter.learned), fitted at calibration.
+ROUTINGS = (*SPREAD_ROUTINGS, "oracle", "learned")
+CATEGORIES = ("semantic", "acoustic")
 
 
 def _exact(value: Real | Decimal, name: str) -> Fraction:
@@ -116,9 +122,10 @@ def routing_alpha(
 
     The log-softmax keeps a spread far from every center finite (the plain ratio would be 0/0).
     routing="hard" gives a one-hot at the nearest center (ties: lower index); "none" gives (0, 1, 0).
+    ("oracle" and "learned" need more than the spread: see `oracle_alpha` and `HeadRouter.select`.)
     """
-    if routing not in ROUTINGS:
-        raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
+    if routing not in SPREAD_ROUTINGS:
+        raise ValueError(f"routing_alpha computes {SPREAD_ROUTINGS} routing, got {routing!r}")
     mu = torch.tensor(centers, dtype=torch.float64)  # [3]
     if routing == "none":
         return torch.tensor([0.0, 1.0, 0.0], dtype=torch.float32)
@@ -133,6 +140,18 @@ def routing_alpha(
         # every kernel underflows even in log space (absurdly small bandwidth): take the sigma -> 0 limit
         return routing_alpha(spread, centers, bandwidth, "hard")
     return torch.exp(torch.log_softmax(logits, dim=0)).float()  # [3]
+
+
+def oracle_alpha(category: str | None) -> torch.Tensor:
+    """alpha for the sample's true category: (1, 0, 0) semantic, (0, 0, 1) acoustic; [3] float32."""
+    if category not in CATEGORIES:
+        raise ValueError(
+            f"oracle routing needs the sample's category, one of {CATEGORIES}, got {category!r} "
+            "(pass categories= to LALM.generate; the eval job passes the manifest's category)"
+        )
+    alpha = torch.zeros(3, dtype=torch.float32)
+    alpha[0 if category == "semantic" else 2] = 1.0
+    return alpha
 
 
 def mix_head_weights(alpha: torch.Tensor, semantic: torch.Tensor, acoustic: torch.Tensor) -> torch.Tensor:
@@ -175,7 +194,8 @@ class HeadRouter:
     int(i*Na/m), then the k candidates with the highest importance. f = 1 is exactly the Frame baseline.
     Routing statistics (probe, selectivity, spread, alpha) always use all audio tokens, so the route does not
     depend on the budget; only the final top-k is restricted to the candidates.
-    routing: "soft" (eq. 13), "hard" (one-hot at the nearest center), "none" (uniform heads).
+    routing: "soft" (eq. 13), "hard" (one-hot at the nearest center), "none" (uniform heads), "oracle" (the
+    sample's true category profile; `select(..., category=)`), "learned" (the profiles' fitted classifier).
     """
 
     def __init__(self, profiles: Profiles, prefilter: float | None = None, routing: str = "soft"):
@@ -183,6 +203,12 @@ class HeadRouter:
             raise TypeError(f"profiles must be a Profiles, got {type(profiles).__name__}")
         if routing not in ROUTINGS:
             raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
+        if routing == "learned" and profiles.router is None:
+            raise ValueError(
+                "routing='learned' needs profiles with a fitted router (format version 2 written by "
+                "python -m jobs.calibrate); these profiles have none"
+                + (f" ({profiles.model_id})" if profiles.model_id else "")
+            )
         if prefilter is not None:
             ratio = _exact(prefilter, "prefilter")
             if ratio < 1:
@@ -205,12 +231,15 @@ class HeadRouter:
         m = min(num_audio, math.ceil(_exact(self.prefilter, "prefilter") * k))
         return frame_indices(num_audio, m)
 
-    def select(self, q_text: torch.Tensor, k_audio: torch.Tensor, retain: float) -> Selection:
+    def select(
+        self, q_text: torch.Tensor, k_audio: torch.Tensor, retain: float, *, category: str | None = None
+    ) -> Selection:
         """Route and select audio tokens for one sample.
 
         q_text [H, Nt, d]: no-RoPE queries of the text tokens at layer M-1 (one row per query head).
         k_audio [H, Na, d]: no-RoPE keys of the audio tokens (KV heads repeated for GQA).
         retain: fraction of audio tokens kept, in [0, 1]; keeps floor(Na * retain).
+        category: the sample's true category ("semantic" | "acoustic"); used by routing="oracle" only.
         """
         if q_text.dim() != 3 or k_audio.dim() != 3:
             raise ValueError(
@@ -231,9 +260,13 @@ class HeadRouter:
         probe = probe_distribution(q_text, k_audio)  # [H, Na]
         sel = selectivity(probe).to(device)  # [H]
         spread = selectivity_spread(sel)
-        alpha = routing_alpha(spread, self.profiles.centers, self.profiles.bandwidth, self.routing).to(
-            device
-        )  # [3]
+        if self.routing == "oracle":
+            alpha = oracle_alpha(category)
+        elif self.routing == "learned":
+            alpha = self.profiles.router.alpha(sel, spread, na)
+        else:
+            alpha = routing_alpha(spread, self.profiles.centers, self.profiles.bandwidth, self.routing)
+        alpha = alpha.to(device)  # [3]
         weights = mix_head_weights(alpha, self._semantic.to(device), self._acoustic.to(device))  # [H]
         importance = token_importance(weights, probe)  # [Na]
 

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headrouter import keep_count, routing
+from headrouter import keep_count
 from headrouter.baselines import fastv_importance, select_dart, select_frame, select_random, topk_keep
 
 SETTINGS = settings(max_examples=60, deadline=None)
@@ -20,8 +20,20 @@ def _assert_valid_keep(keep, n, k):
         assert (keep[1:] > keep[:-1]).all()  # strictly ascending -> sorted and unique
 
 
-def test_topk_keep_is_the_routing_one():
-    assert topk_keep is routing.topk_keep
+def test_topk_keep_hand_worked_ties_and_order():
+    scores = torch.tensor([0.1, 0.5, 0.5, 0.2, 0.9, 0.5])
+    assert topk_keep(scores, 3).tolist() == [1, 2, 4]  # ascending indices; 0.5 ties go to the lower index
+    assert topk_keep(scores, 4).tolist() == [1, 2, 4, 5]
+    assert topk_keep(torch.ones(4), 2).tolist() == [0, 1]
+    assert topk_keep(scores, 0).numel() == 0 and topk_keep(scores, 6).tolist() == list(range(6))
+    # FastV keeps the top-k of its importance exactly like the router does (same rule for every method)
+    gen = torch.Generator().manual_seed(0)
+    q, keys = torch.randn(2, 8, generator=gen), torch.randn(2, 20, 8, generator=gen)
+    imp = fastv_importance(q, keys, torch.arange(5, 15))
+    keep = topk_keep(imp, 4)
+    assert set(keep.tolist()) == set(torch.topk(imp, 4).indices.tolist())
+    with pytest.raises(ValueError):
+        topk_keep(torch.tensor([0.1, float("nan")]), 1)
 
 
 # ---- random ---------------------------------------------------------------------------------------------------

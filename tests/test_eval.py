@@ -6,10 +6,8 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from headrouter.calibration import ablation_weights, pooled_bandwidth
 from quality.eval import read_samples, write_reports
 from quality.metrics import macro_f1, summarize
 
@@ -86,13 +84,3 @@ def test_committed_table_matches_its_per_sample_results():
             assert float(row[task]) == pytest.approx(value, abs=0.006)
         for key in ("avg_pct_vanilla", "ci_low", "ci_high"):
             assert float(row[key]) == pytest.approx(got[key], abs=0.006)
-
-
-def test_ablation_weights_follow_the_documented_rule():
-    w = ablation_weights(np.array([0.0, 1.0, 2.0, 1.0]))
-    z = np.array([-1.0, 0.0, 1.0, 0.0]) / np.std([0.0, 1.0, 2.0, 1.0])
-    assert w == pytest.approx(4 * np.exp(z) / np.exp(z).sum())
-    assert w.sum() == pytest.approx(4.0) and w[2] > w[1] > w[0]
-    assert ablation_weights(np.full(8, 0.3)).tolist() == [1.0] * 8
-    assert pooled_bandwidth([0.1, 0.3], [0.5, 0.5]) == pytest.approx(np.sqrt((0.01 + 0.0) / 2))
-    assert pooled_bandwidth([0.2], [0.4]) == 1e-4

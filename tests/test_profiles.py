@@ -40,7 +40,7 @@ def test_save_load_round_trip(tmp_path):
     path = tmp_path / "sub" / "headrouter_profiles.json"
     p.save(path)
     data = json.loads(path.read_text())
-    assert data["format"] == FORMAT == "headrouter-profiles" and data["version"] == VERSION == 1
+    assert data["format"] == FORMAT == "headrouter-profiles" and data["version"] == VERSION == 2
     assert data["num_heads"] == 4 and data["layer"] == 2 and data["model_id"] == "Qwen/Qwen2.5-Omni-3B"
     assert data["calibration"] == {"method": "head-ablation", "samples_per_category": 10}
     assert Profiles.load(path) == p
@@ -104,7 +104,7 @@ def _write(tmp_path, data):
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda d: d.update(version=2), "unsupported version 2"),
+        (lambda d: d.update(version=3), "unsupported version 3"),
         (lambda d: d.pop("version"), "unsupported version None"),
         (lambda d: d.update(format="other"), "not a 'headrouter-profiles' file"),
         (lambda d: d.pop("bandwidth"), "missing field\\(s\\) bandwidth"),

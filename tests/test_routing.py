@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from headrouter import HeadRouter, ProfileError, Profiles, Selection, keep_count
 from headrouter.routing import (
-    ROUTINGS,
+    SPREAD_ROUTINGS,
     mix_head_weights,
     probe_distribution,
     routing_alpha,
@@ -366,7 +366,7 @@ _centers = st.tuples(*[st.floats(-1.0, 1.0, allow_nan=False)] * 3)
 
 
 @SETTINGS
-@given(st.floats(-10, 10, allow_nan=False), _centers, st.floats(1e-6, 10.0), st.sampled_from(ROUTINGS))
+@given(st.floats(-10, 10, allow_nan=False), _centers, st.floats(1e-6, 10.0), st.sampled_from(SPREAD_ROUTINGS))
 def test_prop_alpha_sums_to_one(spread, centers, bandwidth, routing):
     alpha = routing_alpha(spread, centers, bandwidth, routing)
     assert torch.isfinite(alpha).all() and (alpha >= 0).all()
@@ -400,7 +400,7 @@ def test_prop_head_weights_sum_to_one(data):
 
 
 @SETTINGS
-@given(st.integers(0, 2**31 - 1), st.integers(2, 30), st.sampled_from(ROUTINGS))
+@given(st.integers(0, 2**31 - 1), st.integers(2, 30), st.sampled_from(SPREAD_ROUTINGS))
 def test_prop_permuting_audio_permutes_importance(seed, na, routing):
     gen = torch.Generator().manual_seed(seed)
     q, k = torch.randn(3, 4, 8, generator=gen), torch.randn(3, na, 8, generator=gen)
@@ -420,7 +420,7 @@ def test_prop_permuting_audio_permutes_importance(seed, na, routing):
     st.integers(1, 60),
     st.floats(0.0, 1.0),
     st.sampled_from([None, 1.0, 1.5, 2.0, 3.0]),
-    st.sampled_from(ROUTINGS),
+    st.sampled_from(SPREAD_ROUTINGS),
 )
 def test_prop_keep_is_sorted_unique_in_range_exact(seed, na, retain, prefilter, routing):
     gen = torch.Generator().manual_seed(seed)
