@@ -83,7 +83,9 @@ def run_config(opts: EvalOptions, rows: list[dict], method: str, retain: float) 
     )
     started, results = time.monotonic(), []
     for row in rows:
-        out = lalm.generate([row["_audio"]], [row["_prompt"]], options, opts.max_new_tokens)[0]
+        # the oracle router reads the sample's true category from the manifest (evaluation only)
+        extra = {"categories": [row.get("category")]} if method == "headrouter-oracle" else {}
+        out = lalm.generate([row["_audio"]], [row["_prompt"]], options, opts.max_new_tokens, **extra)[0]
         alpha = out.routing["alpha"] if out.routing else (None, None, None)
         results.append(
             {
