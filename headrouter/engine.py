@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -41,6 +42,7 @@ class GenerationOutput:
     prefill_s: float
     decode_s: float
     kept_index: tuple[int, ...] = ()
+    logits: object = None  # [steps, V] float32 tensor, only with generate(return_logits=True)
 
 
 class LALM:
@@ -90,6 +92,7 @@ class LALM:
         self.dtype = next(model.parameters()).dtype
         self._profiles: dict[str | None, object] = {}
         self._torch = torch
+        self.eos_token_ids, self.pad_token_id = _special_ids(model, tokenizer)
 
     def __repr__(self) -> str:
         return (
@@ -159,13 +162,18 @@ class LALM:
         text = render_prompt(prompt, num_audio_tokens, self.system_prompt)
         return self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
 
-    def prune_hooks(self, options: PruneOptions, router=None):
-        """Register the pruning hooks for `options` on the model (None for vanilla); call `.remove()` after."""
+    def prune_hooks(self, options: PruneOptions, router=None, samples=None):
+        """Register the pruning hooks for `options` on the model (None for vanilla); call `.remove()` after.
+
+        samples: one `headrouter.hooks.SampleInfo` per sample of the batch (random seeds, oracle categories).
+        """
         from headrouter.hooks import apply_pruning
 
         if options.method == "vanilla":
             return None
-        return apply_pruning(self.model, self.layers, self.final_norm, self.token_ids, options, router)
+        return apply_pruning(
+            self.model, self.layers, self.final_norm, self.token_ids, options, router, samples
+        )
 
     # ---- inference ----------------------------------------------------------------------------------
     def generate(
@@ -177,55 +185,77 @@ class LALM:
         *,
         sample_rate: int | None = None,
         min_new_tokens: int = 0,
+        categories: list[str | None] | None = None,
+        return_logits: bool = False,
     ) -> list[GenerationOutput]:
         """Greedy generation for each (audio, prompt) pair with audio tokens pruned per `options`.
 
         audios: 16 kHz mono float32 arrays (`sample_rate`, when given, must be 16000). Every input is checked
-        before any compute; a bad one raises AudioInputError naming its index. Samples are prefilled and
-        decoded one at a time, so a batch gives exactly what each sample gives alone.
+        before any compute; a bad one raises AudioInputError naming its index. All samples run as one batch:
+        one prefill (left-padded; each sample scored and pruned on its own rows, so it keeps what it keeps
+        alone) and one decode loop; a sample that reaches its end-of-sequence token stops there.
+        Time is shared out within the batch: prefill_s in proportion to each sample's input tokens, decode_s
+        in proportion to its decode steps, so the samples' times add up to the batch's.
+        categories: per-sample category for the oracle router (evaluation only). return_logits: also return
+        each step's next-token logits (float32 [steps, V]; for tests and evaluation, memory grows with V).
         """
         options = options if options is not None else PruneOptions()
         if len(audios) != len(prompts):
             raise ValueError(f"{len(audios)} audios but {len(prompts)} prompts")
+        if categories is not None and len(categories) != len(audios):
+            raise ValueError(f"{len(categories)} categories for {len(audios)} audios")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if not audios:
+            return []
         router = self.check_options(options)
         inputs = [self.prepare(a, p, i, sample_rate) for i, (a, p) in enumerate(zip(audios, prompts))]
-        return [self._generate_one(x, options, router, max_new_tokens, min_new_tokens) for x in inputs]
+        samples = _sample_infos(options, audios, categories)
+        return self._generate_batch(
+            inputs, options, router, samples, max_new_tokens, min_new_tokens, return_logits
+        )
 
-    def _generate_one(self, inputs: dict, options, router, max_new_tokens: int, min_new_tokens: int):
-        from headrouter.kv import kv_bytes
+    def collate(self, inputs: list[dict]) -> dict:
+        """One batch from per-sample `prepare` outputs: token inputs left-padded, feature inputs right-padded."""
+        collate = getattr(self.adapter, "collate", None)
+        if collate is not None:
+            return collate(inputs, self.pad_token_id)
+        return collate_left_padded(inputs, self.pad_token_id)
+
+    def _generate_batch(
+        self, inputs, options, router, samples, max_new_tokens, min_new_tokens, return_logits
+    ):
+        from headrouter.kv import per_token_bytes
 
         torch = self._torch
-        full_len = int(inputs["input_ids"].shape[1])
+        batch = self.collate(inputs)
+        lengths = [int(x["input_ids"].shape[1]) for x in inputs]
+        width = int(batch["input_ids"].shape[1])
         marks: dict = {}
 
         def after_forward(module, args, kwargs, output):
             if "prefill_end" not in marks:
                 self._sync()
                 marks["prefill_end"] = time.perf_counter()
-                marks["kv"] = kv_bytes(output.cache, full_len)
-
-        def last_position_only(module, args):
-            # generate() reads only the last position's logits; the stock forward has no logits_to_keep, so
-            # without this the prefill computes [1, T, V] logits (2 GiB in bf16 at T = 7500, V = 151936)
-            (hidden,) = args  # [B, T, D]
-            return (hidden[:, -1:],) if hidden.shape[1] > 1 else None
+                marks["per_token"] = per_token_bytes(output.cache)
 
         timer = self.model.register_forward_hook(after_forward, with_kwargs=True)
-        head = self.model.get_output_embeddings().register_forward_pre_hook(last_position_only)
-        handle = self.prune_hooks(options, router)
+        head = self.model.get_output_embeddings().register_forward_pre_hook(_last_position_only)
+        handle = self.prune_hooks(options, router, samples)
         try:
             with torch.inference_mode():
                 self._sync()
                 start = time.perf_counter()
                 out = self.model.generate(
-                    **inputs,
+                    **batch,
                     max_new_tokens=max_new_tokens,
                     min_new_tokens=min_new_tokens,
                     do_sample=False,
                     num_beams=1,
                     use_cache=True,
+                    pad_token_id=self.pad_token_id,
+                    return_dict_in_generate=True,
+                    output_logits=return_logits,
                 )
                 self._sync()
                 end = time.perf_counter()
@@ -234,29 +264,55 @@ class LALM:
             head.remove()
             if handle is not None:
                 handle.remove()
-        new_tokens = out[0, full_len:].tolist()
-        record = handle.record if handle is not None else None
-        audio_tokens, kept_index, routing = self._summary(inputs["input_ids"][0], options, record)
-        full, kept = marks["kv"]
-        return GenerationOutput(
-            text=self.tokenizer.decode(new_tokens, skip_special_tokens=True),
-            token_ids=new_tokens,
-            audio_tokens=audio_tokens,
-            kept_tokens=len(kept_index),
-            routing=routing,
-            kv_bytes_full=full,
-            kv_bytes_kept=kept,
-            prefill_s=marks["prefill_end"] - start,
-            decode_s=end - marks["prefill_end"],
-            kept_index=kept_index,
-        )
+        tokens = [self._until_eos(row[width:].tolist()) for row in out.sequences]
+        steps = [max(len(t) - 1, 0) for t in tokens]  # decode steps after the prefill's token
+        prefill = marks["prefill_end"] - start
+        decode = end - marks["prefill_end"]
+        per_token = marks["per_token"]  # [L] cache bytes per token of one sample
+        m = options.layer
+        results = []
+        for b, (x, new) in enumerate(zip(inputs, tokens)):
+            record = handle.records[b] if handle is not None else None
+            audio_tokens, kept_index, routing = self._summary(x["input_ids"][0], options, record)
+            kept_len = (
+                int(record.keep.numel()) if record is not None and record.keep is not None else lengths[b]
+            )
+            full = sum(per_token) * lengths[b]
+            kept = sum(per_token[:m]) * lengths[b] + sum(per_token[m:]) * kept_len
+            logits = None
+            if return_logits:
+                logits = torch.stack([step[b].float() for step in out.logits[: len(new)]])  # [steps, V]
+            results.append(
+                GenerationOutput(
+                    text=self.tokenizer.decode(new, skip_special_tokens=True),
+                    token_ids=new,
+                    audio_tokens=audio_tokens,
+                    kept_tokens=len(kept_index),
+                    routing=routing,
+                    kv_bytes_full=full,
+                    kv_bytes_kept=kept if record is not None else full,
+                    prefill_s=prefill * lengths[b] / sum(lengths),
+                    decode_s=decode * steps[b] / sum(steps) if sum(steps) else 0.0,
+                    kept_index=kept_index,
+                    logits=logits,
+                )
+            )
+        return results
+
+    def _until_eos(self, tokens: list[int]) -> list[int]:
+        """A sample's new tokens up to and including its first end-of-sequence token (the batch pads after it)."""
+        for i, t in enumerate(tokens):
+            if t in self.eos_token_ids:
+                return tokens[: i + 1]
+        return tokens
 
     def _summary(self, input_ids, options, record):
         if record is None:  # vanilla: every prunable token kept
             from headrouter.hooks import audio_spans
 
-            prunable, _ = audio_spans(input_ids, self.token_ids, options)
-            return int(prunable.numel()), tuple(range(int(prunable.numel()))), None
+            spans = audio_spans(input_ids, self.token_ids, options)
+            n = 0 if spans is None else int(spans[0].numel())
+            return n, tuple(range(n)), None
         routing = None
         if record.selection is not None:
             sel = record.selection
@@ -265,25 +321,103 @@ class LALM:
                 "spread": float(sel.spread),
                 "selectivity": [float(s) for s in sel.selectivity.tolist()],
             }
+        if record.keep_audio is None:  # a sample without audio
+            return 0, (), routing
         return record.audio_tokens, tuple(record.keep_audio.tolist()), routing
 
-    def prefill_logits(self, audio: np.ndarray, prompt: str, options: PruneOptions | None = None):
-        """Next-token logits [V] (float32) after one pruned prefill, and the hooks' PruneRecord (None for vanilla)."""
+    def prefill_logits(self, audio, prompt, options: PruneOptions | None = None, category: str | None = None):
+        """Next-token logits [V] (float32) after one pruned prefill, and the hooks' PruneRecord (None for vanilla).
+
+        audio/prompt may also be lists (a batch): then logits are [B, V] and the record a list of records.
+        """
+        batched = isinstance(prompt, list | tuple)
+        audios, prompts = (list(audio), list(prompt)) if batched else ([audio], [prompt])
+        categories = category if batched else [category]
         options = options if options is not None else PruneOptions(method="vanilla")
         router = self.check_options(options)
-        inputs = self.prepare(audio, prompt)
-        handle = self.prune_hooks(options, router)
+        inputs = [self.prepare(a, p, i) for i, (a, p) in enumerate(zip(audios, prompts))]
+        batch = self.collate(inputs)
+        handle = self.prune_hooks(options, router, _sample_infos(options, audios, categories))
+        if not bool(batch["attention_mask"].all()):
+            # a padded batch: the positions generate() would use (from the mask), so each row is where it is alone
+            batch["position_ids"] = self.model._prepare_position_ids_for_generation(
+                batch["input_ids"], dict(batch)
+            )
         try:
             with self._torch.inference_mode():
-                logits = self.model(**inputs, use_cache=True).logits[0, -1].float()
+                logits = self.model(**batch, use_cache=True).logits[:, -1].float()  # [B, V]
         finally:
             if handle is not None:
                 handle.remove()
-        return logits, (handle.record if handle is not None else None)
+        records = handle.records if handle is not None else None
+        if batched:
+            return logits, records
+        return logits[0], (records[0] if records is not None else None)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
             self._torch.cuda.synchronize(self.device)
+
+
+def _special_ids(model, tokenizer) -> tuple[frozenset[int], int]:
+    """(end-of-sequence ids that stop a sample, the id that pads a batch) from the generation config/tokenizer."""
+    gen = getattr(model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None)
+    eos_ids = frozenset(eos if isinstance(eos, list | tuple) else [] if eos is None else [eos])
+    for pad in (getattr(tokenizer, "pad_token_id", None), getattr(gen, "pad_token_id", None)):
+        if pad is not None:
+            return eos_ids, int(pad)
+    return eos_ids, min(eos_ids) if eos_ids else 0
+
+
+def _sample_infos(options: PruneOptions, audios, categories) -> list | None:
+    """Per-sample SampleInfo: the random method's seed mixed from options.seed and the clip's samples (a
+    different, reproducible mask per clip, whatever batch it runs in), and the oracle's category."""
+    from headrouter.hooks import SampleInfo
+
+    if options.method == "vanilla":
+        return None
+    infos = []
+    for i, audio in enumerate(audios):
+        digest = hashlib.sha256(np.ascontiguousarray(audio, dtype=np.float32).tobytes())
+        digest.update(int(options.seed).to_bytes(8, "little", signed=True))
+        seed = int.from_bytes(digest.digest()[:8], "little") & (2**63 - 1)
+        infos.append(SampleInfo(seed=seed, category=None if categories is None else categories[i]))
+    return infos
+
+
+def collate_left_padded(inputs: list[dict], pad_id: int) -> dict:
+    """Batch per-sample inputs (each with batch dim 1): input_ids left-padded with pad_id and attention_mask
+    with 0 (the decoder-only generation convention); any other tensor right-padded with 0 along its last dim
+    (features [1, n_mels, L] and their masks [1, L])."""
+    import torch
+
+    if len(inputs) == 1:
+        return dict(inputs[0])
+    width = max(int(x["input_ids"].shape[1]) for x in inputs)
+    batch = {}
+    for key in inputs[0]:
+        parts = []
+        for x in inputs:
+            v = x[key]
+            missing = (width if key in ("input_ids", "attention_mask") else 0) - v.shape[-1]
+            if key == "input_ids":
+                v = torch.nn.functional.pad(v, (missing, 0), value=pad_id)  # [1, T]
+            elif key == "attention_mask":
+                v = torch.nn.functional.pad(v, (missing, 0), value=0)  # [1, T]
+            parts.append(v)
+        if key not in ("input_ids", "attention_mask"):
+            longest = max(p.shape[-1] for p in parts)
+            parts = [torch.nn.functional.pad(p, (0, longest - p.shape[-1])) for p in parts]
+        batch[key] = torch.cat(parts, dim=0)
+    return batch
+
+
+def _last_position_only(module, args):
+    # generate() reads only the last position's logits; the stock forward has no logits_to_keep, so without
+    # this the prefill computes [B, T, V] logits (2 GiB per sample in bf16 at T = 7500, V = 151936)
+    (hidden,) = args  # [B, T, D]
+    return (hidden[:, -1:],) if hidden.shape[1] > 1 else None
 
 
 def _folder_settings(folder: Path | None) -> dict:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["cache_layer_stats", "kv_bytes"]
+__all__ = ["cache_layer_stats", "kv_bytes", "per_token_bytes"]
 
 
 def cache_layer_stats(cache) -> list[tuple[int, int]]:
@@ -35,3 +35,19 @@ def kv_bytes(cache, full_length: int) -> tuple[int, int]:
                 )
             full += nbytes // tokens * full_length
     return full, kept
+
+
+def per_token_bytes(cache) -> list[int]:
+    """Bytes of keys + values one cached token of one sample takes in each layer, read from the cache tensors
+    ([B, n_kv, T_i, head_dim]); a sample's cache is its token count per layer times these."""
+    out = []
+    for layer in cache.layers:
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        if keys is None or values is None or keys.numel() == 0:
+            out.append(0)
+            continue
+        per_row = (
+            keys[0, :, 0].numel() * keys.element_size() + values[0, :, 0].numel() * values.element_size()
+        )
+        out.append(int(per_row))
+    return out
