@@ -53,7 +53,7 @@ DEFAULT_WORDS = tuple(
 )
 
 # Build recipe version: bump when the tiny configs or the tokenizer recipe change (new cache folder).
-_RECIPE = "v2"
+_RECIPE = "v3"
 
 
 def build_word_tokenizer(
@@ -322,6 +322,21 @@ def tiny_voxtral_config(vocab_size: int, tokenizer, hidden_size: int = 32, num_l
     )
 
 
+def _phi4mm_audio_init(model) -> None:
+    """Make the tiny Conformer's output depend on the audio: PyTorch's default init for its convolutions and
+    linears (transformers' std-0.02 init plus the random biases collapse every frame to the same vector) and
+    fbank normalization statistics of the order real log-fbank features have (the checkpoint ships its own)."""
+    import torch
+
+    encoder = model.model.embed_tokens_extend.audio_embed.encoder
+    with torch.no_grad():
+        for module in encoder.modules():
+            if isinstance(module, torch.nn.Conv1d | torch.nn.Conv2d | torch.nn.Linear):
+                module.reset_parameters()
+        encoder.encoder_embedding.global_mean.fill_(15.0)
+        encoder.encoder_embedding.global_invstd.fill_(1 / 3)
+
+
 def _phi4mm_speech_lora(model, folder: Path, rank: int = 4, alpha: float = 8.0) -> None:
     """A random PEFT-format speech LoRA for the tiny Phi-4-multimodal (qkv/o/gate_up/down of every layer)."""
     import json
@@ -405,9 +420,15 @@ def build_tiny_random(path: str | os.PathLike, family: str = "qwen2_5_omni", see
         for module in model.modules():
             if isinstance(module, torch.nn.Linear) and module.bias is not None:
                 module.bias.normal_(0.0, 0.1)
+    extra = {}
+    if family == "phi4_multimodal":
+        _phi4mm_audio_init(model)
+        # the stock decode step re-embeds audio whenever the new token is the audio id (and then fails):
+        # a real checkpoint never emits it, a random one may
+        extra["suppress_tokens"] = [config.audio_config.audio_token_id]
     eos_ids = [tokenizer.convert_tokens_to_ids(eos), tokenizer.convert_tokens_to_ids(ENDOFTEXT)]
     model.generation_config = GenerationConfig(
-        eos_token_id=eos_ids, pad_token_id=tokenizer.convert_tokens_to_ids(PAD), do_sample=False
+        eos_token_id=eos_ids, pad_token_id=tokenizer.convert_tokens_to_ids(PAD), do_sample=False, **extra
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))

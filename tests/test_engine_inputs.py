@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,11 +14,13 @@ from headrouter.audio import audio_token_count, featurize, make_feature_extracto
 from headrouter.loading import resolve_model
 from headrouter.prompt import SPECIAL_TOKENS, render_prompt
 from headrouter.tiny import build_tiny_random, build_word_tokenizer, tiny_thinker_config
-from tests.test_engine import PROMPT, _cache_dir, clip, tiny
+from tests.families import FAMILIES
+from tests.test_engine import PROMPT, clip, tiny
 
 GOOD = clip(0.5)
 
 
+@pytest.mark.parametrize("alias", FAMILIES)
 @pytest.mark.parametrize(
     ("bad", "kwargs", "match"),
     [
@@ -25,13 +28,16 @@ GOOD = clip(0.5)
         (np.array([0.1] * 800 + [np.nan] * 10, np.float32), {}, "NaN or inf"),
         (np.array([0.1] * 800 + [np.inf], np.float32), {}, "NaN or inf"),
         (np.zeros(639, np.float32), {}, "shorter than one audio token"),
-        (np.zeros(300 * 16000 + 1, np.float32), {}, "longer than the model window of 300 s"),
+        ("too long", {}, "longer than the model window of {window:g} s"),
         (np.zeros((2, 16000), np.float32), {}, "mono"),
         (GOOD, {"sample_rate": 44100}, "sample rate 44100"),
     ],
 )
-def test_bad_audio_is_rejected_naming_the_sample(bad, kwargs, match):
-    lalm = tiny()
+def test_bad_audio_is_rejected_naming_the_sample(alias, bad, kwargs, match):
+    lalm = tiny(alias)
+    if isinstance(bad, str):  # one sample past the family's window (never truncated)
+        bad = np.zeros(round(lalm.window_s * 16000) + 1, np.float32)
+        match = match.format(window=lalm.window_s)
     audios = [GOOD, GOOD, bad] if not kwargs else [GOOD, bad]
     index = len(audios) - 1 if not kwargs else 0  # a wrong rate applies to the first sample already
     with pytest.raises(AudioInputError, match=match) as err:
@@ -135,17 +141,15 @@ def test_load_by_folder_s3_and_clear_errors(tmp_path, monkeypatch):
     bad = tmp_path / "bad"
     shutil.copytree(folder, bad)
     config = json.loads((bad / "config.json").read_text())
-    config["model_type"], config["architectures"] = "phi4_multimodal", ["Phi4MultimodalForCausalLM"]
+    config["model_type"], config["architectures"] = "whisper", ["WhisperForConditionalGeneration"]
     (bad / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="Phi-4-multimodal and Voxtral are not supported yet"):
+    with pytest.raises(ValueError, match="unsupported model: model_type='whisper'.*'phi4_multimodal'"):
         load_lalm(str(bad))
-    assert _cache_dir()  # the shared tiny cache is separate from these folders
 
 
-def test_tiny_synth_alias_points_at_the_repo_folder():
-    try:
-        path = resolve_model("tiny-synth")
-    except FileNotFoundError as err:
-        assert "models/tiny-synth" in str(err)
-    else:
-        assert path.endswith("models/tiny-synth")
+def test_tiny_synth_alias_points_at_the_repo_folder(tmp_path, monkeypatch):
+    repo = Path(__file__).resolve().parents[1]
+    assert resolve_model("tiny-synth") == str(repo / "models" / "tiny-synth")  # committed, so always there
+    monkeypatch.setattr("headrouter.loading._REPO_ROOT", tmp_path)  # a checkout without the folder
+    with pytest.raises(FileNotFoundError, match=r"tiny-synth model not found at .*models/tiny-synth"):
+        resolve_model("tiny-synth")

@@ -9,9 +9,11 @@ import torch
 
 import headrouter.hooks as hooks
 from headrouter import PruneOptions
+from headrouter.attention import project_qk
 from headrouter.hooks import AudioTokenIds, apply_pruning, audio_spans
 from headrouter.routing import HeadRouter
-from tests.test_engine import PROMPT, clip, tiny
+from tests.families import FAMILIES
+from tests.test_engine import PROMPT, clip, position_arg, text_rotary, tiny
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -39,9 +41,10 @@ def vanilla_layer_states(lalm, audio, layer_index):
     return inputs, got["normed"], out.cache.layers[layer_index].keys[0]
 
 
+@pytest.mark.parametrize("alias", FAMILIES)
 @torch.inference_mode()
-def test_probe_has_no_rope_and_fastv_query_has_it(monkeypatch):
-    lalm = tiny()
+def test_probe_has_no_rope_and_fastv_query_has_it(monkeypatch, alias):
+    lalm = tiny(alias)
     audio = clip(1.4, seed=6)
     layer = 2
     inputs, normed, cached_keys = vanilla_layer_states(lalm, audio, layer - 1)
@@ -77,13 +80,16 @@ def test_probe_has_no_rope_and_fastv_query_has_it(monkeypatch):
     # HeadRouter: q/k projections with bias, no RoPE, KV heads repeated to one row per query head.
     monkeypatch.setattr(module, "apply_rotary_pos_emb", spy_rope)
     lalm.prefill_logits(audio, PROMPT, PruneOptions(method="headrouter", retain=0.5, layer=layer))
-    q_hand = attn.q_proj(normed[query]).view(-1, heads, d).transpose(0, 1)  # [H, Nt, d]
-    k_hand = attn.k_proj(normed[prunable]).view(-1, kv, d).transpose(0, 1).repeat_interleave(heads // kv, 0)
+    q_all, k_all = project_qk(attn, normed)  # [H, T, d], [Hkv, T, d]: the stock projections (+ bias, norms)
+    q_hand = q_all[:, query]  # [H, Nt, d]
+    k_hand = k_all[:, prunable].repeat_interleave(heads // kv, 0)  # [H, Na, d]
     assert captured["q_text"].shape == (heads, query.numel(), d)
     assert captured["k_audio"].shape == (heads, prunable.numel(), d)
     torch.testing.assert_close(captured["q_text"], q_hand, atol=1e-6, rtol=0)
     torch.testing.assert_close(captured["k_audio"], k_hand, atol=1e-6, rtol=0)
-    assert attn.q_proj.bias.abs().sum() > 0  # the bias is really there to be included
+    bias = getattr(getattr(attn, "q_proj", None), "bias", None)
+    if bias is not None:
+        assert bias.abs().sum() > 0  # the bias is really there to be included
     assert len(rope_calls) == lalm.num_layers  # the model's own RoPE, one call per layer; none from the probe
 
     # FastV: the last token's query WITH RoPE at its original position, against layer M-1's cached keys.
@@ -91,19 +97,20 @@ def test_probe_has_no_rope_and_fastv_query_has_it(monkeypatch):
     lalm.prefill_logits(audio, PROMPT, PruneOptions(method="fastv", retain=0.5, layer=layer))
     assert len(rope_calls) == lalm.num_layers + 1  # the model's layers + FastV's query
     t = ids.numel()
-    cos, sin = lalm.model.model.language_model.rotary_emb(
-        normed[None], torch.arange(t).view(1, 1, -1).expand(3, 1, -1)
-    )
-    q_last = attn.q_proj(normed[-1]).view(heads, d)
-    torch.testing.assert_close(captured["q_last"], rotate(q_last, cos[0, -1], sin[0, -1]), atol=1e-5, rtol=0)
+    cos, sin = text_rotary(lalm)(normed[None], position_arg(lalm, torch.arange(t)))  # [1, T, r]
+    q_last = q_all[:, -1]  # [H, d]
+    r = cos.shape[-1]  # rotary width (< d with partial rotary)
+    q_rot = torch.cat([rotate(q_last[:, :r], cos[0, -1], sin[0, -1]), q_last[:, r:]], dim=-1)
+    torch.testing.assert_close(captured["q_last"], q_rot, atol=1e-5, rtol=0)
     assert (captured["q_last"] - q_last).abs().max() > 1e-3  # RoPE at position T-1 really moves it
     torch.testing.assert_close(
         captured["keys"], cached_keys.repeat_interleave(heads // kv, 0), atol=0, rtol=0
     )
 
 
-def test_headrouter_runs_on_sdpa_without_eager_attention(monkeypatch):
-    lalm = tiny()
+@pytest.mark.parametrize("alias", FAMILIES)
+def test_headrouter_runs_on_sdpa_without_eager_attention(monkeypatch, alias):
+    lalm = tiny(alias)
     audio = clip(2.0, seed=7)
     module = sys.modules[type(lalm.layers[0].self_attn).__module__]
 
