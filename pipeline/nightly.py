@@ -1,30 +1,26 @@
 """Nightly mode: process what arrived since the last successful night, under a dated output prefix.
 
-    python -m jobs.nightly --input s3://archive/incoming/ --output s3://results/nightly/ [--date 2026-11-28]
-        [--by modified|partition] [--settle-seconds 300] [pipeline flags: --model --retain --workers ...]
-
 Two ways to tell what is new:
-  --by modified   (default) objects whose LastModified lies in [watermark, cutoff); night D's cutoff is the end of
-                  day D (UTC) or the storage clock minus --settle-seconds, whichever is earlier. Output: OUTPUT/D/.
-  --by partition  the input holds date partitions INPUT/YYYY-MM-DD/; every partition after the watermark up to
+  by="modified"   (default) objects whose LastModified lies in [watermark, cutoff); night D's cutoff is the end of
+                  day D (UTC) or the storage clock minus settle_s, whichever is earlier. Output: OUTPUT/D/.
+  by="partition"  the input holds date partitions INPUT/YYYY-MM-DD/; every partition after the watermark up to
                   night D is processed in date order, each into OUTPUT/YYYY-MM-DD/. A partition is taken as closed
                   once processed: files added to it later are not picked up.
 The watermark lives in OUTPUT/_nightly/state.json, rewritten in one PUT (S3) or an atomic rename (local disk),
 only after a night succeeded. A night that crashed is recorded as pending and is finished first (same window,
 same prefix; the pipeline's resume skips what is done), so no file lands in two nights. Running a night that
-already succeeded again selects nothing. Exit status: 0 ok, 1 the pipeline failed too many sources,
-2 bad arguments or state, 3 storage or cluster unreachable.
+already succeeded again selects nothing. `run_nightly` returns the night's exit code in its result (0 ok, 1 the
+pipeline failed too many sources) and raises UsageError for bad options or state, RunFailed or OSError when
+storage or the cluster is unreachable. The command line is `python -m jobs.nightly`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import os
 import posixpath
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -35,7 +31,18 @@ from pyarrow import fs as pafs
 from pipeline.options import RunFailed, RunOptions, RunSummary, UsageError
 from pipeline.sources import AUDIO_EXTENSIONS, fs_path, make_filesystem, to_uri
 
-log = logging.getLogger("jobs")
+log = logging.getLogger("pipeline")
+
+__all__ = [
+    "Arrival",
+    "NightlyOptions",
+    "NightlyResult",
+    "night_cutoff",
+    "run_nightly",
+    "select_modified",
+    "select_partitions",
+    "summary_line",
+]
 
 STATE_DIR = "_nightly"
 STATE_VERSION = 1
@@ -113,6 +120,16 @@ def run_nightly(opts: NightlyOptions, run_job=None) -> NightlyResult:
     if opts.by == "partition":
         return _run_partitions(opts, base, in_fs, out_fs, store, state, run_job)
     return _run_modified(opts, base, in_fs, out_fs, store, state, run_job)
+
+
+def summary_line(opts: NightlyOptions, result: NightlyResult) -> str:
+    """One line for the operator: the night, how much was selected, its exit code and the new watermark."""
+    mark = (result.state or {}).get("watermark")
+    return (
+        f"night {result.night}: {len(result.selected)} selected, exit {result.exit_code}; "
+        f"watermark {_iso(mark) if opts.by == 'modified' else mark}; "
+        f"results under {opts.output.rstrip('/')}/YYYY-MM-DD/"
+    )
 
 
 def _run_modified(opts, base, in_fs, out_fs, store, state, run_job) -> NightlyResult:
@@ -205,7 +222,7 @@ def _pipeline_run_job(run: RunOptions, commit_every_s: float = 10.0, observer=No
 
 
 def _run_pipeline(run_job, run: RunOptions, commit_every_s: float) -> RunSummary:
-    """One pipeline run with its run metrics pushed (start, then outcome) as jobs.run does."""
+    """One pipeline run with its run metrics pushed to the Pushgateway: start, then outcome."""
     metrics = _run_metrics(run)
     if metrics is not None:
         metrics.start()
@@ -346,77 +363,3 @@ def _parse_day(name: str) -> date | None:
 
 def _iso(ts: float | None) -> str:
     return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2, as jobs.run
-        raise UsageError(message)
-
-
-def _parser() -> _Parser:
-    p = _Parser(
-        prog="python -m jobs.nightly",
-        description=__doc__.split("\n\n")[0],
-        epilog="Every other flag is passed to the pipeline as for python -m jobs.run (--model, --method, --retain, "
-        "--task, --workers, --gpus-per-worker, --batch-size, --max-error-fraction, --retry-errors, --s3-endpoint, "
-        "--address, --pushgateway, --job-name (default headrouter-nightly), ...): see python -m jobs.run --help.",
-    )
-    p.add_argument("--input", required=True, help="folder or s3://bucket/prefix the archive grows under")
-    p.add_argument("--output", required=True, help="results root; nights go to OUTPUT/YYYY-MM-DD/")
-    p.add_argument(
-        "--date", type=date.fromisoformat, help="the night to run, YYYY-MM-DD (default: yesterday, UTC)"
-    )
-    p.add_argument(
-        "--by", choices=("modified", "partition"), default="modified", help="how new files are found"
-    )
-    p.add_argument(
-        "--since", type=date.fromisoformat, help="first night only: skip what arrived before this day"
-    )
-    p.add_argument(
-        "--settle-seconds", type=float, default=300.0, help="leave uploads younger than this (300)"
-    )
-    return p
-
-
-def parse_args(argv: list[str] | None = None) -> tuple[NightlyOptions, float]:
-    """NightlyOptions from the command line; pipeline flags are parsed by jobs.run's own parser."""
-    from jobs.run import parse_args as run_parse_args
-
-    a, rest = _parser().parse_known_args(argv)
-    if a.settle_seconds < 0:
-        raise UsageError("--settle-seconds must be >= 0")
-    if "--run-id" in rest or any(r.startswith("--run-id=") for r in rest):
-        raise UsageError("--run-id is chosen per night by jobs.nightly")
-    run, commit_every_s = run_parse_args(
-        ["--job-name", "headrouter-nightly", *rest, "--input", a.input, "--output", a.output]
-    )
-    night = a.date or (datetime.now(UTC).date() - timedelta(days=1))
-    return NightlyOptions(
-        a.input, a.output, night, a.by, a.settle_seconds, run, a.since, commit_every_s
-    ), commit_every_s
-
-
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
-    )
-    try:
-        opts, _ = parse_args(argv)
-        result = run_nightly(opts)
-    except UsageError as e:
-        print(f"jobs.nightly: error: {e}", file=sys.stderr)
-        return 2
-    except (RunFailed, OSError) as e:
-        print(f"jobs.nightly: failed: {' '.join(str(e).split())[:300]}", file=sys.stderr)
-        return 3
-    state = result.state or {}
-    print(
-        f"night {result.night}: {len(result.selected)} selected, exit {result.exit_code}; "
-        f"watermark {_iso(state.get('watermark')) if opts.by == 'modified' else state.get('watermark')}; "
-        f"results under {opts.output.rstrip('/')}/YYYY-MM-DD/"
-    )
-    return result.exit_code
-
-
-if __name__ == "__main__":
-    sys.exit(main())
