@@ -1,6 +1,4 @@
-"""A self-contained HTML report of a pipeline output, from its Parquet alone.
-
-    python -m jobs.report OUTPUT [--out report.html] [--s3-endpoint URL]
+"""A self-contained HTML report of a pipeline output, from its Parquet alone (`python -m jobs.report`).
 
 Plots (inline PNG): throughput over the run, latency distribution, tokens kept vs retain, routing coefficients per
 task (the paper's Figure 7). No scripts and no external resources: the page opens anywhere, offline.
@@ -8,19 +6,46 @@ task (the paper's Figure 7). No scripts and no external resources: the page open
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import io
 import logging
-import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
-log = logging.getLogger("jobs")
+__all__ = ["NoChunks", "ReportInfo", "render", "summary", "write_report"]
+
+log = logging.getLogger("monitoring")
 
 PROFILES = ("semantic", "uniform", "acoustic")
 COLORS = {"semantic": "#4C72B0", "uniform": "#8C8C8C", "acoustic": "#DD8452"}
+
+
+class NoChunks(LookupError):
+    """The output holds no chunk rows (wrong path, or nothing committed yet)."""
+
+
+@dataclass(frozen=True)
+class ReportInfo:
+    path: Path  # the HTML file written
+    chunks: int
+    sources: int
+
+
+def write_report(output: str, out: str | Path | None = None, s3_endpoint: str | None = None) -> ReportInfo:
+    """Read OUTPUT's chunks/ and files/ tables and write the page to `out`.
+
+    `out` defaults to OUTPUT/report.html, or ./report.html when OUTPUT is on S3. Raises NoChunks when there are no
+    chunk rows to report on.
+    """
+    chunks = _read(output, "chunks", s3_endpoint)
+    if not chunks:
+        raise NoChunks(f"no chunk rows under {output}/chunks")
+    files = _read(output, "files", s3_endpoint)
+    path = Path(out or ("report.html" if output.startswith("s3://") else Path(output) / "report.html"))
+    path.write_text(render(output, chunks, files), encoding="utf-8")
+    return ReportInfo(path, len(chunks), len(files))
 
 
 def _read(output: str, table: str, s3_endpoint: str | None) -> list[dict]:
@@ -256,27 +281,3 @@ figure {{ margin: 0; }} img {{ max-width: 100%; }}
 <div class="grid">{figures}</div>
 </body></html>
 """
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.report", description=__doc__.splitlines()[0])
-    p.add_argument("output", help="the --output of jobs.run (local folder or s3://bucket/prefix)")
-    p.add_argument(
-        "--out", default=None, help="HTML file (default OUTPUT/report.html, or ./report.html for s3)"
-    )
-    p.add_argument("--s3-endpoint", default=None)
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
-    chunks = _read(a.output, "chunks", a.s3_endpoint)
-    if not chunks:
-        print(f"jobs.report: error: no chunk rows under {a.output}/chunks", file=sys.stderr)
-        return 2
-    files = _read(a.output, "files", a.s3_endpoint)
-    out = Path(a.out or ("report.html" if a.output.startswith("s3://") else Path(a.output) / "report.html"))
-    out.write_text(render(a.output, chunks, files), encoding="utf-8")
-    print(f"report: {out} ({len(chunks)} chunks, {len(files)} sources)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
