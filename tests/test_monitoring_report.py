@@ -1,4 +1,5 @@
-"""jobs.report: a self-contained HTML page from Parquet alone, rendered in headless Chromium."""
+"""monitoring.report and `python -m jobs.report`: a self-contained HTML page from Parquet alone, rendered in headless
+Chromium."""
 
 import base64
 import re
@@ -124,6 +125,17 @@ def test_missing_output_is_a_one_line_error(tmp_path):
         text=True,
     )
     assert res.returncode == 2 and "no chunk rows" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_write_report_library_call(tmp_path):
+    from monitoring.report import NoChunks, write_report
+
+    _write_output(tmp_path / "out")
+    info = write_report(str(tmp_path / "out"), out=tmp_path / "page.html")
+    assert (info.path, info.chunks, info.sources) == (tmp_path / "page.html", 12, 12)
+    assert info.path.read_text().startswith("<!DOCTYPE html>")
+    with pytest.raises(NoChunks, match="no chunk rows"):
+        write_report(str(tmp_path / "nothing"))
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian chromium missing")

@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from jobs import nightly
-from jobs.nightly import (
+from pipeline.nightly import (
     Arrival,
     NightlyOptions,
     night_cutoff,
