@@ -84,3 +84,21 @@ def test_committed_table_matches_its_per_sample_results():
             assert float(row[task]) == pytest.approx(value, abs=0.006)
         for key in ("avg_pct_vanilla", "ci_low", "ci_high"):
             assert float(row[key]) == pytest.approx(got[key], abs=0.006)
+
+
+def test_headroom_recovered_and_paired_difference_by_hand():
+    from quality.headroom import headroom_table, paired_difference
+
+    events = ["tone", "tone", "chirp"]  # all correct: event F1 100 for every method
+    samples = (
+        _rows("vanilla", 1.0, [1.0, 1.0, 1.0], events)
+        + _rows("headrouter-norouter", 0.4, [0.5, 0.5, 0.5], events)  # digits 50% of vanilla -> avg 75
+        + _rows("headrouter-oracle", 0.4, [1.0, 1.0, 1.0], events)  # avg 100
+        + _rows("headrouter", 0.4, [0.75, 0.75, 0.75], events)  # avg 87.5
+    )
+    rows = headroom_table(summarize(samples, resamples=50), samples, resamples=50)
+    assert [(r["router"], r["retain"]) for r in rows] == [("headrouter", 0.4)]
+    assert rows[0]["headroom"] == pytest.approx(25.0) and rows[0]["recovered"] == pytest.approx(0.5)
+    assert paired_difference(samples, "headrouter", "headrouter", 0.4, 50) == (0.0, 0.0, 0.0)
+    d, lo, hi = paired_difference(samples, "headrouter-oracle", "headrouter", 0.4, 50)
+    assert d == pytest.approx(12.5) and lo == pytest.approx(12.5) and hi == pytest.approx(12.5)
