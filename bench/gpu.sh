@@ -2,7 +2,8 @@
 # Full-size prefill + memory benchmark on one CUDA GPU: the Qwen2.5-Omni-3B thinker text shape (hidden 2048,
 # 36 layers, 16/2 heads, MLP 11008, vocab 151936) with dummy weights, bfloat16, SDPA, every method at retain
 # 0.7/0.4/0.1 on 1500 and 7500 audio tokens, 10 interleaved rounds; peak allocated memory per configuration,
-# plus vanilla and HeadRouter 0.4 with lm_head on every position (what the engine's prefill does today).
+# plus vanilla and HeadRouter 0.4 with lm_head on every position (what a stock prefill computes; the engine keeps
+# the last position only, so these rows show what that saves).
 # Expected well under 8 minutes on an H100/H200-class GPU (~7 GB of weights, a few GB of activations).
 #
 #   bench/gpu.sh [OUT_DIR]        # default bench/results/gpu-latest; writes bench.json and bench.md

@@ -129,7 +129,7 @@ class BenchModel:
         self._layer_m = self.lalm.layers[shape.layer]
 
     def set_last_position_only(self, flag: bool) -> None:
-        """True: lm_head on the last position only; False: on every position, as the engine's prefill does."""
+        """True: lm_head on the last position only, as the engine does; False: on every position (stock prefill)."""
         if self._last_hook is not None:
             self._last_hook.remove()
             self._last_hook = None

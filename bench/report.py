@@ -236,8 +236,9 @@ def render_markdown(res: dict) -> str:
             "\n### Analytical bounds at full size (Qwen2.5-Omni-3B, not measured)\n\n"
             "The audio encoder (Whisper-large-v3-like, 32 layers, d_model 1280) runs before the LLM and pruning "
             "does not reduce it. Probe share = HeadRouter's probe FLOPs / vanilla LLM FLOPs. The last two columns are what the "
-            "engine's prefill adds today by running lm_head on every kept position (the thinker's forward has no "
-            "logits_to_keep): extra FLOPs as a share of the vanilla LLM, and the bfloat16 logits it holds.\n\n"
+            "stock prefill adds by running lm_head on every kept position (the thinker's forward has no "
+            "logits_to_keep; the engine runs it on the last position only): extra FLOPs as a share of the vanilla "
+            "LLM, and the bfloat16 logits it would hold.\n\n"
         )
         rows = [
             [

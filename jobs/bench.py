@@ -32,8 +32,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny shapes and inputs (the smoke test; seconds)")
     p.add_argument("--full-size", action="store_true", help="the real 3B text shape in bfloat16 on CUDA")
     p.add_argument("--out", type=Path, default=Path("out/bench"), help="folder for bench.json and bench.md")
-    p.add_argument("--hidden", type=int, help="width of the scaled model (default 256; heads stay 16)")
-    p.add_argument("--layers", type=int, help="decoder layers (default 36, the 3B's)")
+    p.add_argument(
+        "--hidden",
+        type=int,
+        help="width of the scaled CPU model (default 256, 64 with --quick; heads stay 16); "
+        "--full-size ignores it (2048)",
+    )
+    p.add_argument(
+        "--layers",
+        type=int,
+        help="decoder layers of the scaled CPU model (default 24 of the 3B's 36, 6 with --quick); "
+        "--full-size ignores it (36)",
+    )
     p.add_argument("--lengths", type=_ints, help="audio token counts, e.g. 1500,7500")
     p.add_argument("--rounds", type=_ints, help="timed rounds per length, e.g. 5,3")
     p.add_argument(

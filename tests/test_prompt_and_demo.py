@@ -44,7 +44,8 @@ def test_demo_answers_the_shipped_clips(tmp_path):
     rows = [line for line in proc.stdout.splitlines() if line.split(" ", 1)[0] in clips]
     assert len(rows) == len(clips) == 12
     mean = float(re.search(r"mean score ([0-9.]+) over 12 clips", proc.stdout).group(1))
-    assert mean >= 0.75, proc.stdout  # measured 0.83 at retain 0.6: the demo shows real answers
+    # a floor, not the score (docs/quality.md gives the measured mean and the command that reproduces it)
+    assert mean >= 0.75, proc.stdout
     assert (tmp_path / "demo" / "report.html").is_file()
 
 
