@@ -216,3 +216,31 @@ def test_default_prefilter_acts_below_half():
     router = HeadRouter(Profiles.uniform(2), prefilter=2.0)
     assert router.candidates(100, keep_count(100, 0.4)).numel() == 80
     assert router.candidates(100, keep_count(100, 0.1)).numel() == 20
+
+
+# ---- through the engine (tiny-synth: calibrated version-2 profiles with a fitted router) -------------------------
+
+
+def test_engine_oracle_takes_each_samples_category_and_learned_routes(tmp_path):
+    from headrouter import load_lalm
+
+    torch.set_num_threads(1)
+    lalm = load_lalm("tiny-synth")
+    t = np.arange(40000) / 16000
+    audio = (0.3 * np.sin(2 * np.pi * 500 * t)).astype(np.float32)
+    prompt = "which noise type is this"
+    oracle = PruneOptions(method="headrouter-oracle", retain=0.3)
+    out = lalm.generate([audio, audio], [prompt] * 2, oracle, 1, categories=["semantic", "acoustic"])
+    assert [o.routing["alpha"] for o in out] == [(1.0, 0.0, 0.0), (0.0, 0.0, 1.0)]
+    prof = lalm.profiles()
+    for o, weights, name in zip(out, (prof.semantic, prof.acoustic), ("sem", "aco")):
+        only = Profiles(semantic=weights, acoustic=weights, centers=(0.0, 9.0, 0.0), bandwidth=1.0,
+                        settings=prof.settings)  # fmt: skip
+        only.save(tmp_path / f"{name}.json")  # one path per file: the engine caches profiles by path
+        ref = PruneOptions(method="headrouter-hard", retain=0.3, profiles=str(tmp_path / f"{name}.json"))
+        assert lalm.generate([audio], [prompt], ref, 1)[0].kept_index == o.kept_index
+    assert out[0].kept_index != out[1].kept_index  # the two profiles really select differently here
+    with pytest.raises(ValueError, match="oracle routing needs the sample's category"):
+        lalm.generate([audio], [prompt], oracle, 1)
+    learned = lalm.generate([audio], [prompt], PruneOptions(method="headrouter-learned", retain=0.3), 1)[0]
+    assert sum(learned.routing["alpha"]) == pytest.approx(1.0, abs=1e-6)
