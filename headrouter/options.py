@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_PREFILTER", "METHODS", "PROBE_INPUTS", "QUERY_TOKENS", "PruneOptions"]
+__all__ = ["DEFAULT_PREFILTER", "METHODS", "PROBE_INPUTS", "QUERY_TOKENS", "SKIP_SILENCE", "PruneOptions"]
 
 METHODS = (
     "vanilla",
@@ -25,6 +25,8 @@ PROBE_INPUTS = ("normed", "hidden")
 # Text tokens forming the probe's query set: the instruction after the audio span (<|audio_eos|> excluded,
 # through the assistant header), or every token outside the audio span (system prompt and user header too).
 QUERY_TOKENS = ("after_audio", "all_text")
+# Detectors of empty encoder windows (headrouter.gating): none, an energy gate relative to the chunk, Silero VAD.
+SKIP_SILENCE = ("off", "energy", "vad")
 
 # The Frame pre-filter's intermediate budget: HeadRouter scores min(Na, ceil(2.0 * k)) evenly spaced
 # candidates and keeps the best k. The paper leaves the ratio open; 2 halves the candidates per kept token.
@@ -53,6 +55,9 @@ class PruneOptions:
     prune_audio_markers: False (default) keeps <|audio_bos|>/<|audio_eos|> and prunes only <|AUDIO|> tokens;
     True lets the markers be pruned like AudioMarathon does (the prunable span is then N + 2 tokens).
     seed: seed of the "random" method.
+    skip_silence: "off" (default), "energy" or "vad" (`headrouter.gating`): remove empty 2-s encoder windows
+    before the audio encoder (Qwen2.5-Omni only), kept tokens keeping their original positions; `retain` then
+    counts against the remaining audio tokens. A clip with every window empty comes back `silent`.
     override_profile_settings: use profiles calibrated under another layer / probe input / query tokens /
     pre-filter ratio anyway (a warning instead of `ProfileError`, see `Profiles.check_settings`).
     """
@@ -67,6 +72,7 @@ class PruneOptions:
     prune_audio_markers: bool = False
     seed: int = 0
     override_profile_settings: bool = False
+    skip_silence: str = "off"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -83,6 +89,8 @@ class PruneOptions:
             raise ValueError(f"probe_input must be one of {PROBE_INPUTS}, got {self.probe_input!r}")
         if self.query_tokens not in QUERY_TOKENS:
             raise ValueError(f"query_tokens must be one of {QUERY_TOKENS}, got {self.query_tokens!r}")
+        if self.skip_silence not in SKIP_SILENCE:
+            raise ValueError(f"skip_silence must be one of {SKIP_SILENCE}, got {self.skip_silence!r}")
 
     @property
     def routing(self) -> str | None:

@@ -46,6 +46,11 @@ def token_ids(config) -> tuple[int, int, int]:
     return config.audio_token_id, config.audio_start_token_id, config.audio_end_token_id
 
 
+def gate_window_frames(model) -> int:
+    """Mel frames per independent audio-encoder window (n_window * 2 = 200, 2 s): the unit of window gating."""
+    return int(model.model.audio_tower.n_window) * 2
+
+
 def model_inputs(input_ids, features, feature_mask) -> dict:
     """Forward/generate kwargs: input_ids [B, T], features [B, n_mels, L], feature_mask [B, L]."""
     import torch
