@@ -12,7 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from headrouter.audio import SAMPLE_RATE, AudioInputError, check_audio, featurize, tokens_from_frames
+from headrouter.audio import (
+    SAMPLE_RATE,
+    AudioInputError,
+    check_audio,
+    featurize,
+    mel_frame_count,
+    tokens_from_frames,
+)
 from headrouter.options import PruneOptions
 from headrouter.prompt import ASR_PROMPT, AUDIO, AUDIO_BOS, AUDIO_EOS, render_prompt
 
@@ -30,6 +37,8 @@ class GenerationOutput:
     headrouter methods, else None; kv_bytes_*: cache bytes after prefill without / with pruning;
     prefill_s: audio encoder + LLM prefill (first forward); decode_s: the rest of generation;
     kept_index: ascending indices into the audio span of the kept tokens (all of them for vanilla).
+    skipped_s: audio seconds removed before the encoder by `skip_silence` (audio_tokens counts what is left);
+    silent: every encoder window was empty, so the model was not called (text "", no tokens).
     """
 
     text: str
@@ -43,6 +52,8 @@ class GenerationOutput:
     decode_s: float
     kept_index: tuple[int, ...] = ()
     logits: object = None  # [steps, V] float32 tensor, only with generate(return_logits=True)
+    skipped_s: float = 0.0
+    silent: bool = False
 
 
 class LALM:
@@ -124,6 +135,11 @@ class LALM:
                 f"layer must be in [1, {self.num_layers - 1}] for this {self.num_layers}-layer model, "
                 f"got {options.layer}"
             )
+        if options.skip_silence != "off" and not hasattr(self.adapter, "gate_window_frames"):
+            raise ValueError(
+                f"skip_silence={options.skip_silence!r}: window gating is exact only for Qwen2.5-Omni's windowed "
+                f"encoder, not {self.family} (use skip_silence='off')"
+            )
         if options.routing is None:
             return None
         from headrouter.routing import HeadRouter
@@ -134,6 +150,17 @@ class LALM:
 
     def prepare(self, audio: np.ndarray, prompt: str, index: int = 0, sample_rate: int | None = None) -> dict:
         """Check one clip and build the model inputs (batch of 1) for `prompt`."""
+        return self.prepare_batch([audio], [prompt], sample_rate)
+
+    def prepare_batch(self, audios, prompts, sample_rate: int | None = None) -> dict:
+        """Check every clip and build one batch of model inputs: token ids left-padded (the generation
+        convention; attention_mask marks the padding), features zero-padded on the right to the longest clip
+        with their frame mask, then the family's own keyword inputs (adapter.model_inputs)."""
+        return self._batch_inputs([self._tokens_and_features(a, p, i, sample_rate) for i, (a, p) in
+                                   enumerate(zip(audios, prompts))])  # fmt: skip
+
+    def _tokens_and_features(self, audio, prompt, index: int, sample_rate):
+        """One clip -> (input_ids [1, T], features [n_mels, F], valid frames)."""
         if not isinstance(prompt, str):
             raise ValueError(f"prompt {index}: expected str, got {type(prompt).__name__}")
         audio = check_audio(audio, index, self.window_s, sample_rate)
@@ -148,9 +175,24 @@ class LALM:
             raise AudioInputError(
                 f"audio sample {index}: prompt holds {found} audio placeholders, expected {n}"
             )
-        mask = self._torch.zeros(1, feats.shape[-1], dtype=self._torch.long)
-        mask[0, :frames] = 1
-        inputs = adapter.model_inputs(input_ids, feats[None].to(self.dtype), mask)
+        return input_ids, feats, frames
+
+    def _batch_inputs(self, parts) -> dict:
+        torch = self._torch
+        width = max(int(ids.shape[1]) for ids, _, _ in parts)
+        frames_max = max(int(f.shape[-1]) for _, f, _ in parts)
+        ids = torch.full((len(parts), width), self.pad_token_id, dtype=torch.long)  # [B, T]
+        attention = torch.zeros(len(parts), width, dtype=torch.long)  # [B, T]
+        feats = torch.zeros(len(parts), parts[0][1].shape[0], frames_max, dtype=self.dtype)  # [B, n_mels, F]
+        feature_mask = torch.zeros(len(parts), frames_max, dtype=torch.long)  # [B, F]
+        for b, (row, f, frames) in enumerate(parts):
+            t = int(row.shape[1])
+            ids[b, width - t :] = row[0]
+            attention[b, width - t :] = 1
+            feats[b, :, : f.shape[-1]] = f
+            feature_mask[b, :frames] = 1
+        inputs = self.adapter.model_inputs(ids, feats, feature_mask)
+        inputs["attention_mask"] = attention
         return {k: v.to(self.device) for k, v in inputs.items()}
 
     def encode_prompt(self, prompt: str, num_audio_tokens: int):
@@ -208,28 +250,69 @@ class LALM:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if not audios:
             return []
+        groups = self._exact_groups(audios)
+        if len(groups) > 1:  # an encoder that padding changes: one batch per clip length
+            for i, audio in enumerate(
+                audios
+            ):  # checked first, so an error names its index in the caller's list
+                check_audio(audio, i, self.window_s, sample_rate)
+            outs: list = [None] * len(audios)
+            for group in groups:
+                part = self.generate(
+                    [audios[i] for i in group],
+                    [prompts[i] for i in group],
+                    options,
+                    max_new_tokens,
+                    sample_rate=sample_rate,
+                    min_new_tokens=min_new_tokens,
+                    categories=None if categories is None else [categories[i] for i in group],
+                    return_logits=return_logits,
+                )
+                for i, out in zip(group, part):
+                    outs[i] = out
+            return outs
         router = self.check_options(options)
-        inputs = [self.prepare(a, p, i, sample_rate) for i, (a, p) in enumerate(zip(audios, prompts))]
+        batch = self.prepare_batch(audios, prompts, sample_rate)
         samples = _sample_infos(options, audios, categories)
+        if options.skip_silence != "off":
+            args = (options, router, samples, max_new_tokens, min_new_tokens, return_logits)
+            return self._generate_gated(batch, audios, *args)
         return self._generate_batch(
-            inputs, options, router, samples, max_new_tokens, min_new_tokens, return_logits
+            batch, options, router, samples, max_new_tokens, min_new_tokens, return_logits
         )
 
-    def collate(self, inputs: list[dict]) -> dict:
-        """One batch from per-sample `prepare` outputs: token inputs left-padded, feature inputs right-padded."""
-        collate = getattr(self.adapter, "collate", None)
-        if collate is not None:
-            return collate(inputs, self.pad_token_id)
-        return collate_left_padded(inputs, self.pad_token_id)
+    def _gate(self, batch, audios, options):
+        """headrouter.gating.gate_batch for this model: (batch' or None, gates, live row indices)."""
+        from headrouter.gating import gate_batch
 
-    def _generate_batch(
-        self, inputs, options, router, samples, max_new_tokens, min_new_tokens, return_logits
-    ):
+        window = self.adapter.gate_window_frames(self.model)
+        return gate_batch(
+            batch, audios, options.skip_silence, self.token_ids.audio, self.pad_token_id, window
+        )
+
+    def _generate_gated(self, batch, audios, options, router, samples, *args):
+        """Generation with empty windows removed before the encoder; silent clips get an empty result."""
+        from dataclasses import replace
+
+        batch, gates, live = self._gate(batch, audios, options)
+        outs = []
+        if live:
+            live_samples = None if samples is None else [samples[i] for i in live]
+            outs = self._generate_batch(batch, options, router, live_samples, *args)
+        # kv_bytes_full: what the stock model would cache for the ungated prompt (gating's saving counts)
+        lengths = batch["attention_mask"].sum(dim=1).tolist() if live else []
+        results = {
+            i: replace(out, kv_bytes_full=out.kv_bytes_full * (t + gates[i].skipped_tokens) // t)
+            for i, out, t in zip(live, outs, lengths)
+        }
+        silent = GenerationOutput("", [], 0, 0, None, 0, 0, 0.0, 0.0, silent=True)
+        return [replace(results.get(i, silent), skipped_s=g.skipped_s) for i, g in enumerate(gates)]
+
+    def _generate_batch(self, batch, options, router, samples, max_new_tokens, min_new_tokens, return_logits):
         from headrouter.kv import per_token_bytes
 
         torch = self._torch
-        batch = self.collate(inputs)
-        lengths = [int(x["input_ids"].shape[1]) for x in inputs]
+        lengths = [int(n) for n in batch["attention_mask"].sum(dim=1).tolist()]  # unpadded input lengths
         width = int(batch["input_ids"].shape[1])
         marks: dict = {}
 
@@ -271,9 +354,10 @@ class LALM:
         per_token = marks["per_token"]  # [L] cache bytes per token of one sample
         m = options.layer
         results = []
-        for b, (x, new) in enumerate(zip(inputs, tokens)):
+        for b, new in enumerate(tokens):
             record = handle.records[b] if handle is not None else None
-            audio_tokens, kept_index, routing = self._summary(x["input_ids"][0], options, record)
+            own_ids = batch["input_ids"][b, width - lengths[b] :]  # [T_b] without the left padding
+            audio_tokens, kept_index, routing = self._summary(own_ids, options, record)
             kept_len = (
                 int(record.keep.numel()) if record is not None and record.keep is not None else lengths[b]
             )
@@ -335,10 +419,14 @@ class LALM:
         categories = category if batched else [category]
         options = options if options is not None else PruneOptions(method="vanilla")
         router = self.check_options(options)
-        inputs = [self.prepare(a, p, i) for i, (a, p) in enumerate(zip(audios, prompts))]
-        batch = self.collate(inputs)
+        batch = self.prepare_batch(audios, prompts)
+        if options.skip_silence != "off":
+            batch, gates, live = self._gate(batch, audios, options)
+            if len(live) < len(audios):
+                i = next(i for i, g in enumerate(gates) if g.silent)
+                raise AudioInputError(f"audio sample {i}: every encoder window is empty (silent)")
         handle = self.prune_hooks(options, router, _sample_infos(options, audios, categories))
-        if not bool(batch["attention_mask"].all()):
+        if "position_ids" not in batch and not bool(batch["attention_mask"].all()):
             # a padded batch: the positions generate() would use (from the mask), so each row is where it is alone
             batch["position_ids"] = self.model._prepare_position_ids_for_generation(
                 batch["input_ids"], dict(batch)
@@ -353,6 +441,24 @@ class LALM:
         if batched:
             return logits, records
         return logits[0], (records[0] if records is not None else None)
+
+    def _exact_groups(self, audios) -> list[list[int]]:
+        """Sample indices that may share a padded batch. Every family's encoder masks feature padding except
+        those whose adapter says PADDED_BATCH_EXACT = False (Phi-4-multimodal's Conformer: a padded clip's
+        logits moved by up to 1e-2 in the stock model); their batches hold only clips of one length."""
+        if getattr(self.adapter, "PADDED_BATCH_EXACT", True):
+            return [list(range(len(audios)))]
+        by_length: dict[int, list[int]] = {}
+        for i, a in enumerate(audios):
+            by_length.setdefault(int(np.asarray(a).shape[-1]), []).append(i)
+        return list(by_length.values())
+
+    def token_counts(self, num_samples: int, prompt: str) -> tuple[int, int]:
+        """(input tokens, audio tokens) a clip of `num_samples` 16 kHz samples with `prompt` becomes, without
+        computing features (the batch planner's cost)."""
+        frames = mel_frame_count(num_samples)
+        n = getattr(self.adapter, "audio_token_count", tokens_from_frames)(frames)
+        return int(self.encode_prompt(prompt, n).shape[1]), int(n)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -384,33 +490,6 @@ def _sample_infos(options: PruneOptions, audios, categories) -> list | None:
         seed = int.from_bytes(digest.digest()[:8], "little") & (2**63 - 1)
         infos.append(SampleInfo(seed=seed, category=None if categories is None else categories[i]))
     return infos
-
-
-def collate_left_padded(inputs: list[dict], pad_id: int) -> dict:
-    """Batch per-sample inputs (each with batch dim 1): input_ids left-padded with pad_id and attention_mask
-    with 0 (the decoder-only generation convention); any other tensor right-padded with 0 along its last dim
-    (features [1, n_mels, L] and their masks [1, L])."""
-    import torch
-
-    if len(inputs) == 1:
-        return dict(inputs[0])
-    width = max(int(x["input_ids"].shape[1]) for x in inputs)
-    batch = {}
-    for key in inputs[0]:
-        parts = []
-        for x in inputs:
-            v = x[key]
-            missing = (width if key in ("input_ids", "attention_mask") else 0) - v.shape[-1]
-            if key == "input_ids":
-                v = torch.nn.functional.pad(v, (missing, 0), value=pad_id)  # [1, T]
-            elif key == "attention_mask":
-                v = torch.nn.functional.pad(v, (missing, 0), value=0)  # [1, T]
-            parts.append(v)
-        if key not in ("input_ids", "attention_mask"):
-            longest = max(p.shape[-1] for p in parts)
-            parts = [torch.nn.functional.pad(p, (0, longest - p.shape[-1])) for p in parts]
-        batch[key] = torch.cat(parts, dim=0)
-    return batch
 
 
 def _last_position_only(module, args):

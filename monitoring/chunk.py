@@ -168,12 +168,19 @@ class ChunkMetrics:
         if peak is not None:
             sink.set(m.PEAK_MEMORY, peak, labels)
 
+    def observe_split(self, labels: dict) -> None:
+        """Count one batch split after an out-of-memory error (labels: model, method, task)."""
+        labels = {"model": m.model_label(labels.get("model")), "method": str(labels.get("method") or "unknown"),
+                  "task": str(labels.get("task") or "unknown")}  # fmt: skip
+        self._touch(labels)
+        self._sink.inc(m.BATCH_SPLITS, 1, labels)
+
     def _touch(self, labels: dict) -> None:
         key = (labels["model"], labels["method"], labels["task"])
         if key in self._touched:
             return
         self._touched.add(key)
-        for spec in (m.AUDIO_SECONDS, m.AUDIO_TOKENS, m.KEPT_TOKENS, m.KV_FULL, m.KV_KEPT):
+        for spec in (m.AUDIO_SECONDS, m.AUDIO_TOKENS, m.KEPT_TOKENS, m.KV_FULL, m.KV_KEPT, m.BATCH_SPLITS):
             self._sink.touch(spec, labels)
         for status in m.STATUSES:
             self._sink.touch(m.CHUNKS, {**labels, "status": status})

@@ -93,6 +93,11 @@ ROUTING = MetricSpec(
     COEFFICIENT_BUCKETS,
 )
 ERRORS = MetricSpec("headrouter_errors_total", "counter", "Chunk errors, by kind.", (*BASE_LABELS, "kind"))
+BATCH_SPLITS = MetricSpec(
+    "headrouter_batch_splits_total",
+    "counter",
+    "Batches split in two after running out of accelerator memory.",
+)
 
 CHUNK_METRICS = (
     AUDIO_SECONDS,
@@ -107,6 +112,7 @@ CHUNK_METRICS = (
     PEAK_MEMORY,
     ROUTING,
     ERRORS,
+    BATCH_SPLITS,
 )
 
 # Run-level gauges: one set per batch run, pushed to the Pushgateway under job=<job name>, run_id=<run id>.

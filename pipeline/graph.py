@@ -102,6 +102,7 @@ def build_dataset(items: list[dict], opts: RunOptions, window_s: float):
     """The lazy dataset of chunk rows (pipeline.sink.CHUNK_SCHEMA) for the listed sources."""
     import ray
 
+    from pipeline.sink import CHUNK_SCHEMA
     from workers.inference import InferenceWorker
 
     limits = DecodeLimits(
@@ -120,10 +121,29 @@ def build_dataset(items: list[dict], opts: RunOptions, window_s: float):
     lo, hi = opts.workers
     return ds.map_batches(
         InferenceWorker,
-        fn_constructor_kwargs={"opts": opts},
+        fn_constructor_kwargs={"opts": worker_options(opts), "schema": CHUNK_SCHEMA},
         compute=ray.data.ActorPoolStrategy(min_size=lo, max_size=hi),
         batch_size=opts.batch_size,
         batch_format="pyarrow",
         num_cpus=opts.cpus_per_worker,
         num_gpus=opts.gpus_per_worker or None,
+    )
+
+
+def worker_options(opts: RunOptions):
+    """The inference actors' share of the run options."""
+    from workers.options import WorkerOptions
+
+    return WorkerOptions(
+        model=opts.model,
+        method=opts.method,
+        retain=opts.retain,
+        layer=opts.layer,
+        profiles=opts.profiles,
+        device=opts.device,
+        gpus_per_worker=opts.gpus_per_worker,
+        max_new_tokens=opts.max_new_tokens,
+        s3_endpoint=opts.s3_endpoint,
+        batch_size=opts.batch_size,
+        max_batch_tokens=opts.max_batch_tokens,
     )

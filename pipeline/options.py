@@ -28,7 +28,8 @@ class RunOptions:
     workers: tuple[int, int] = (1, 2)
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 0.5
-    batch_size: int = 4
+    batch_size: int = 4  # chunks per Ray batch, and most chunks in one generate call
+    max_batch_tokens: int | None = None  # most KV tokens in one generate call (workers.batching.KVCost)
     max_new_tokens: int = 64
     max_error_fraction: float = 0.1
     retry_errors: bool = False
@@ -69,6 +70,8 @@ class RunOptions:
             raise UsageError("--gpus-per-worker and --cpus-per-worker must be >= 0")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
+            raise UsageError(f"--max-batch-tokens must be >= 1, got {self.max_batch_tokens}")
         if not 0.0 <= self.max_error_fraction <= 1.0:
             raise UsageError(f"--max-error-fraction must be in [0, 1], got {self.max_error_fraction}")
         if self.window_s is not None and self.window_s < 1.0:

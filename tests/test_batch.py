@@ -107,7 +107,7 @@ def test_pruned_layers_cache_the_kept_tokens_plus_hidden_padding():
     audios, prompts = [clip(0.6, 0), clip(2.4, 1), clip(1.1, 2)], PROMPTS[:3]
     m = 2
     opts = PruneOptions(method="headrouter", retain=0.3, layer=m)
-    inputs = lalm.collate([lalm.prepare(a, p) for a, p in zip(audios, prompts)])
+    inputs = lalm.prepare_batch(audios, prompts)
     t = inputs["input_ids"].shape[1]
     masks = []
     spy = lalm.layers[m].self_attn.register_forward_pre_hook(

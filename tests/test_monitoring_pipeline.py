@@ -67,7 +67,7 @@ def test_pipeline_run_exports_chunk_and_run_metrics(prometheus_stack, tmp_path):
         # The actors' ray.util.metrics, exported by the node and scraped with the ray_ prefix stripped.
         p.wait_for('sum(headrouter_chunks_total{job="ray", model="tiny-random"}) == 3', timeout=60)
         for spec in m.CHUNK_METRICS:
-            if spec is m.PEAK_MEMORY:
+            if spec in (m.PEAK_MEMORY, m.BATCH_SPLITS):  # no accelerator; no out-of-memory split happened
                 continue
             name = spec.name + ("_count" if spec.kind == "histogram" else "")
             assert p.query(f'{name}{{job="ray"}}'), f"the pipeline exported no {name}"

@@ -224,7 +224,7 @@ def test_ray_actor_metrics_reach_prometheus_through_the_export_port(prometheus_s
         p.wait_for('sum(headrouter_chunks_total{job="ray"}) == 4', timeout=90)
         p.wait_for('sum(headrouter_audio_seconds_total{job="ray"}) == 12', timeout=30)
         for spec in m.CHUNK_METRICS:
-            if spec is m.PEAK_MEMORY:
+            if spec in (m.PEAK_MEMORY, m.BATCH_SPLITS):  # no accelerator; no out-of-memory split happened
                 continue
             name = spec.name + ("_count" if spec.kind == "histogram" else "")
             assert p.query(f'{name}{{job="ray"}}'), f"no Ray samples for {name}"

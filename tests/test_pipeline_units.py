@@ -22,6 +22,7 @@ from pipeline.sink import CHUNK_SCHEMA, ResultSink, write_table_atomic
 from pipeline.sources import Source, list_sources
 from tests.fixtures.audio import bursts, encode, write_bursts, write_wav
 from workers.inference import InferenceWorker
+from workers.options import WorkerOptions
 
 LOCAL = pafs.LocalFileSystem()
 SR = 16000
@@ -350,7 +351,7 @@ def seg(sid, n, status="ok", silent=False, error=""):
 
 def test_actor_udf_isolates_a_bad_sample_in_a_batch():
     lalm = FakeLALM()
-    worker = InferenceWorker(RunOptions(input="x", output="y"), lalm=lalm)
+    worker = InferenceWorker(WorkerOptions(), CHUNK_SCHEMA, lalm=lalm)
     batch = segment_batch([seg("a", 16000), seg("short", 10), seg("b", 8000), seg("s", 16000, silent=True),
                            seg("e", 0, status="error", error="decode_error: bad"), seg("long", 31 * SR)])  # fmt: skip
     seen = []
@@ -374,8 +375,7 @@ def test_actor_udf_isolates_a_bad_sample_in_a_batch():
 
 
 def test_actor_udf_with_the_real_tiny_model(example_audio_dir):
-    opts = RunOptions(input="x", output="y", model="tiny-random")
-    worker = InferenceWorker(opts)
+    worker = InferenceWorker(WorkerOptions(model="tiny-random"), CHUNK_SCHEMA)
     x = decode_all(example_audio_dir / "news.mp3")
     rows = worker.infer([seg("news", 0) | {"audio": x.tobytes(), "end_s": x.size / SR},
                          seg("tiny", 1) | {"audio": x[:1].tobytes()}])  # fmt: skip

@@ -1,26 +1,32 @@
 """The inference actor of the pipeline's `map_batches`: loads the model once, turns chunk batches into result rows.
 
-A bad sample never raises: it becomes a row with status 'error' and a one-line `error`. When a batched call
-fails, the batch is retried one sample at a time so only the guilty sample is marked.
+A Ray batch is planned into `generate` calls (workers.batching: grouped by length, under a KV-token budget).
+A bad sample never raises: it becomes a row with status 'error' and a one-line `error`. When a call fails, it
+is retried one sample at a time so only the guilty sample is marked; when it runs out of accelerator memory,
+it is split in two and each half retried (logged and counted), so no row is lost or duplicated.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 
 import numpy as np
 import pyarrow as pa
 
 from headrouter.prompt import ASR_PROMPT, task_prompt
-from pipeline.options import RunOptions
-from pipeline.sink import CHUNK_SCHEMA
+from workers.batching import KVCost, plan_batches
+from workers.options import WorkerOptions
 
 log = logging.getLogger("workers")
 
 
 class _NoMetrics:
     def observe(self, row: dict, latency_s: float | None = None) -> None:
+        pass
+
+    def observe_split(self, labels: dict) -> None:
         pass
 
 
@@ -36,12 +42,14 @@ def chunk_metrics():
 
 
 class InferenceWorker:
-    """`__call__(batch) -> pyarrow.Table` of CHUNK_SCHEMA rows; one instance per actor, model loaded once."""
+    """`__call__(batch) -> pyarrow.Table` of `schema` rows (the pipeline's chunk schema); one instance per actor,
+    model loaded once."""
 
-    def __init__(self, opts: RunOptions, lalm=None):
+    def __init__(self, opts: WorkerOptions, schema: pa.Schema, lalm=None):
         from headrouter.options import PruneOptions
 
         self.opts = opts
+        self.schema = schema
         self.prune = PruneOptions(
             method=opts.method, retain=opts.retain, layer=opts.layer, profiles=opts.profiles
         )
@@ -54,6 +62,8 @@ class InferenceWorker:
         self.window_s = float(getattr(lalm, "window_s", 300.0))
         self.node_id = _node_id()
         self._metrics = chunk_metrics()
+        layers = getattr(lalm, "num_layers", None)
+        self._kv_cost = KVCost(layers, opts.layer, opts.max_new_tokens) if layers else None
 
     def __call__(self, batch: pa.Table | dict[str, np.ndarray]) -> pa.Table:
         if isinstance(batch, pa.Table):
@@ -70,7 +80,7 @@ class InferenceWorker:
                 self._metrics.observe(row)  # the single metrics call site (monitoring.ChunkMetrics)
             except Exception:
                 log.debug("metrics observe failed", exc_info=True)
-        return pa.Table.from_pylist(out, schema=CHUNK_SCHEMA)
+        return pa.Table.from_pylist(out, schema=self.schema)
 
     def infer(self, rows: list[dict]) -> list[dict]:
         """Result rows for segment rows (pipeline.graph.SEGMENT_SCHEMA), in the same order."""
@@ -88,22 +98,69 @@ class InferenceWorker:
             else:
                 todo.append(i)
         if todo:
-            for i, result in zip(todo, self._generate([rows[i] for i in todo])):
-                out[i] = result
+            asr = getattr(self.lalm, "asr_prompt", ASR_PROMPT)
+            prompts = [
+                task_prompt(rows[i]["task"], rows[i].get("question"), _choices(rows[i]), asr) for i in todo
+            ]
+            costs = self._costs([rows[i] for i in todo], prompts)
+            budget = self.opts.max_batch_tokens if self._kv_cost is not None else None
+            for group in plan_batches(costs, self.opts.batch_size, budget):
+                picked = [todo[j] for j in group]
+                results = self._generate([rows[i] for i in picked], [prompts[j] for j in group])
+                for i, result in zip(picked, results):
+                    out[i] = result
         return out
 
-    def _generate(self, rows: list[dict]) -> list[dict]:
+    def _costs(self, rows: list[dict], prompts: list[str]) -> list[float]:
+        """KV tokens of each chunk (workers.batching.KVCost); the audio length when the model cannot count."""
+        from headrouter.routing import keep_count
+
+        sizes = [len(r["audio"]) // 4 for r in rows]  # float32 samples
+        counts = getattr(self.lalm, "token_counts", None)
+        if self._kv_cost is None or counts is None:
+            return [float(n) for n in sizes]
+        costs = []
+        for n, prompt in zip(sizes, prompts):
+            try:
+                total, audio = counts(n, prompt)
+            except Exception:  # a bad chunk is reported by its own generate call, not here
+                total = audio = 0
+            kept = (
+                total
+                if self.prune.method == "vanilla"
+                else total - audio + keep_count(audio, self.prune.retain)
+            )
+            costs.append(self._kv_cost(total, kept))
+        return costs
+
+    def _generate(self, rows: list[dict], prompts: list[str]) -> list[dict]:
         audios = [np.frombuffer(r["audio"], dtype="<f4") for r in rows]  # each [n] float32, 16 kHz
-        asr = getattr(self.lalm, "asr_prompt", ASR_PROMPT)
-        prompts = [task_prompt(r["task"], r.get("question"), _choices(r), asr) for r in rows]
         try:
             outs = self._call(audios, prompts)
         except Exception as e:
+            if _out_of_memory(e):
+                return self._split(rows, prompts, e)
             if len(rows) > 1:  # find the guilty sample(s): one at a time
-                return [self._generate([r])[0] for r in rows]
+                return [self._generate([r], [p])[0] for r, p in zip(rows, prompts)]
             kind = "invalid_audio" if type(e).__name__ == "AudioInputError" else "inference_error"
             return [self._finish(rows[0], error=f"{kind}: {e}")]
         return [self._finish(r, gen=g) for r, g in zip(rows, outs)]
+
+    def _split(self, rows: list[dict], prompts: list[str], error: Exception) -> list[dict]:
+        """Out of accelerator memory: retry the two halves (each may split again); one chunk alone is an error."""
+        _free_accelerator_memory()
+        if len(rows) == 1:
+            return [self._finish(rows[0], error=f"out_of_memory: {error}")]
+        half = len(rows) // 2
+        log.warning(
+            "out of memory on a batch of %d chunks: splitting into %d + %d", len(rows), half, len(rows) - half
+        )
+        labels = {"model": self.model_id, "method": self.opts.method, "task": str(rows[0].get("task"))}
+        try:
+            self._metrics.observe_split(labels)
+        except Exception:
+            log.debug("metrics observe_split failed", exc_info=True)
+        return self._generate(rows[:half], prompts[:half]) + self._generate(rows[half:], prompts[half:])
 
     def _call(self, audios, prompts):
         outs = self.lalm.generate(audios, prompts, self.prune, max_new_tokens=self.opts.max_new_tokens)
@@ -112,7 +169,7 @@ class InferenceWorker:
         return outs
 
     def _finish(self, r: dict, gen=None, text: str | None = None, error: str = "") -> dict:
-        row = {k: r.get(k) for k in CHUNK_SCHEMA.names if k in r}
+        row = {k: r.get(k) for k in self.schema.names if k in r}
         row.update(
             model=self.model_id, method=self.opts.method, retain=float(self.opts.retain), node_id=self.node_id
         )
@@ -140,7 +197,18 @@ class InferenceWorker:
         return row
 
 
-def _device(opts: RunOptions) -> str:
+def _out_of_memory(e: Exception) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(e, torch.OutOfMemoryError)
+
+
+def _free_accelerator_memory() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def _device(opts: WorkerOptions) -> str:
     if opts.gpus_per_worker > 0 and opts.device == "cpu":
         try:
             import torch

@@ -23,6 +23,9 @@ ARCHITECTURES = ("Phi4MultimodalForCausalLM",)
 # (ASR/translation on clips up to 40 s); the encoder itself has no cap (it unfolds 40-s blocks).
 WINDOW_S = 1800.0
 TOTAL_FRAMES = None
+# The stock Conformer encoder does not mask feature padding everywhere: in a padded batch a shorter clip's
+# logits moved by up to 1e-2 (tiny-random, float32), so the engine batches only clips of one length.
+PADDED_BATCH_EXACT = False
 DEFAULT_SYSTEM = None  # the stock chat template adds no system turn
 AUDIO_MARKERS = False
 SPEECH_LORA = "speech-lora"
