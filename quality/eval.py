@@ -25,7 +25,7 @@ __all__ = ["EvalOptions", "read_samples", "run_eval", "write_reports"]
 
 SAMPLE_FIELDS = ("id", "task", "category", "long", "method", "retain", "answer", "prediction", "score",
                  "audio_tokens", "kept_tokens", "prefill_s", "decode_s", "kv_bytes_full", "kv_bytes_kept",
-                 "alpha_semantic", "alpha_uniform", "alpha_acoustic", "spread")  # fmt: skip
+                 "alpha_semantic", "alpha_uniform", "alpha_acoustic", "spread", "skipped_s")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,13 @@ def _rows(opts: EvalOptions) -> list[dict]:
 _MODELS: dict = {}
 
 
+def method_options(method: str) -> tuple[str, str]:
+    """A method name, optionally with a window-gating suffix ("headrouter+energy", "vanilla+vad") ->
+    (pruning method, PruneOptions.skip_silence)."""
+    base, _, gate = method.partition("+")
+    return base, gate or "off"
+
+
 def run_config(opts: EvalOptions, rows: list[dict], method: str, retain: float) -> list[dict]:
     """Generate one (method, retain) configuration over `rows`; the model is loaded once per process."""
     from headrouter import PruneOptions, load_lalm
@@ -78,13 +85,19 @@ def run_config(opts: EvalOptions, rows: list[dict], method: str, retain: float) 
     if opts.model not in _MODELS:
         _MODELS[opts.model] = load_lalm(opts.model)
     lalm = _MODELS[opts.model]
+    base, gate = method_options(method)
     options = PruneOptions(
-        method=method, retain=retain, layer=opts.layer, profiles=opts.profiles, seed=opts.seed
+        method=base,
+        retain=retain,
+        layer=opts.layer,
+        profiles=opts.profiles,
+        seed=opts.seed,
+        skip_silence=gate,
     )
     started, results = time.monotonic(), []
     for row in rows:
         # the oracle router reads the sample's true category from the manifest (evaluation only)
-        extra = {"categories": [row.get("category")]} if method == "headrouter-oracle" else {}
+        extra = {"categories": [row.get("category")]} if base == "headrouter-oracle" else {}
         out = lalm.generate([row["_audio"]], [row["_prompt"]], options, opts.max_new_tokens, **extra)[0]
         alpha = out.routing["alpha"] if out.routing else (None, None, None)
         results.append(
@@ -96,7 +109,7 @@ def run_config(opts: EvalOptions, rows: list[dict], method: str, retain: float) 
                 "prefill_s": out.prefill_s, "decode_s": out.decode_s,
                 "kv_bytes_full": out.kv_bytes_full, "kv_bytes_kept": out.kv_bytes_kept,
                 "alpha_semantic": alpha[0], "alpha_uniform": alpha[1], "alpha_acoustic": alpha[2],
-                "spread": out.routing["spread"] if out.routing else None,
+                "spread": out.routing["spread"] if out.routing else None, "skipped_s": out.skipped_s,
             }
         )  # fmt: skip
     mean = np.mean([r["score"] for r in results])
@@ -111,8 +124,9 @@ def run_eval(opts: EvalOptions, address: str | None = None) -> list[dict]:
     the model loaded once per worker process); otherwise configurations run one after another here.
     """
     rows = _rows(opts)
-    configs = [("vanilla", 1.0)] if "vanilla" in opts.methods else []
-    configs += [(m, r) for m in opts.methods if m != "vanilla" for r in opts.retain]
+    unpruned = [m for m in opts.methods if method_options(m)[0] == "vanilla"]  # vanilla, vanilla+energy, ...
+    configs = [(m, 1.0) for m in unpruned]
+    configs += [(m, r) for m in opts.methods if m not in unpruned for r in opts.retain]
     if not address:
         return [r for method, retain in configs for r in run_config(opts, rows, method, retain)]
     import ray
@@ -130,8 +144,8 @@ def read_samples(path: str | Path) -> list[dict]:
     with gzip.open(path, "rt", newline="") if str(path).endswith(".gz") else open(path, newline="") as f:
         for r in csv.DictReader(f):
             for key in ("retain", "score", "prefill_s", "decode_s", "alpha_semantic", "alpha_uniform",
-                        "alpha_acoustic", "spread"):  # fmt: skip
-                r[key] = float(r[key]) if r[key] not in ("", "None") else None
+                        "alpha_acoustic", "spread", "skipped_s"):  # fmt: skip
+                r[key] = float(r[key]) if r.get(key) not in (None, "", "None") else None
             for key in ("audio_tokens", "kept_tokens", "kv_bytes_full", "kv_bytes_kept"):
                 r[key] = int(r[key]) if r[key] not in ("", "None") else None
             r["long"] = r["long"] == "True"

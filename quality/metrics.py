@@ -115,7 +115,9 @@ def summarize(samples: list[dict], resamples: int = 1000, seed: int = 0) -> list
                 "avg_pct_vanilla": _average(scores, v_scores),
                 "ci_low": float(np.percentile(boot, 2.5)) if boot else float("nan"),
                 "ci_high": float(np.percentile(boot, 97.5)) if boot else float("nan"),
-                "prefill_s": float(np.mean([r.get("prefill_s") or np.nan for r in rows])),
+                "prefill_s": float(
+                    np.nanmean([np.nan if r.get("prefill_s") is None else r["prefill_s"] for r in rows])
+                ),
                 "kv_fraction": kept / full if full else float("nan"),
             }
         )
