@@ -43,11 +43,13 @@ ENERGY_MARGIN_DB = 30.0
 
 @dataclass(frozen=True)
 class Gate:
-    """What gating did to one clip: `windows` encoder windows, `empty` the indices of those removed."""
+    """What gating did to one clip: `windows` encoder windows, `empty` the indices of those removed, the audio
+    seconds and tokens they held."""
 
     windows: int = 0
     empty: tuple[int, ...] = ()
     skipped_s: float = 0.0
+    skipped_tokens: int = 0
 
     @property
     def silent(self) -> bool:
@@ -168,9 +170,8 @@ def gate_batch(batch: dict, audios, mode: str, audio_id: int, pad_id: int, windo
         frames = int(fmask[b].sum())
         empty = detect_empty(mode, np.asarray(audio, dtype=np.float32).reshape(-1), frames, window_frames)
         skipped = float(np.repeat(empty, window_frames)[:frames].sum()) * HOP_LENGTH / SAMPLE_RATE
-        gate = Gate(
-            windows=int(empty.size), empty=tuple(int(w) for w in np.flatnonzero(empty)), skipped_s=skipped
-        )
+        tokens = int(np.dot(empty, window_tokens(frames, window_frames)))
+        gate = Gate(int(empty.size), tuple(int(w) for w in np.flatnonzero(empty)), skipped, tokens)
         gates.append(gate)
         if not gate.silent:
             own = ids[b, ids.shape[1] - int(attention[b].sum()) :][None].cpu()  # [1, T_b]
