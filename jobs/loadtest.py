@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from bench.loadrun import LoadOptions, format_report, load_run
-from jobs.run import _workers
+from pipeline.cli import workers_range
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hours", type=float, default=10.0)
     p.add_argument("--workdir", default="/tmp/headrouter-load")
     p.add_argument("--model", default="tiny-random")
-    p.add_argument("--workers", default="1..2", type=_workers, help="actor pool size MIN..MAX (or N)")
+    p.add_argument("--workers", default="1..2", type=workers_range, help="actor pool size MIN..MAX (or N)")
     p.add_argument("--batch-size", type=int, default=16, help="chunks per model call for the short files")
     p.add_argument("--archive-batch-size", type=int, default=2, help="chunks per model call for the archive")
     p.add_argument("--max-new-tokens", type=int, default=8)

@@ -1,0 +1,188 @@
+"""Cost per audio-hour on a GPU: a roofline model of batched transcription with and without pruning.
+
+For a batch of B chunks of S seconds, each emitting D = ceil(tokens_per_audio_s * S) tokens (at most max_new):
+- prefill (per chunk, compute-bound): audio encoder FLOPs + LLM prefill FLOPs (layers < M at the full length,
+  layers >= M at the kept length), at `prefill_mfu` of the GPU's bf16 peak;
+- decode (per step, bandwidth-bound): the text weights once + the KV cache of every sequence in the batch
+  (its mean size over the D steps), at `decode_efficiency` of the memory bandwidth; the step is never faster
+  than its matmul FLOPs (2 * params * B) allow;
+- the batch is capped by memory: weights + B * (KV at the last step) <= `memory_fraction` of the GPU.
+audio-hours per GPU-hour = B * S / (B * prefill + D * step). The two efficiencies are assumptions, stated with
+every figure; the ratios between settings (batch, retain) do not depend on them much.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from bench.flops import (
+    AUDIO_ENCODER_OMNI,
+    OMNI_3B_TEXT,
+    OMNI_7B_TEXT,
+    EncoderShape,
+    TextShape,
+    audio_encoder_flops,
+    prefill_flops,
+)
+
+__all__ = ["GPUS", "SHAPES", "GPU", "LALMShape", "format_dry_run", "throughput"]
+
+
+@dataclass(frozen=True)
+class GPU:
+    """Datasheet figures: memory (bytes), memory bandwidth (bytes/s), dense bf16 tensor FLOP/s."""
+
+    name: str
+    memory: float
+    bandwidth: float
+    bf16_flops: float
+
+
+GPUS = {
+    "h100": GPU("H100 SXM 80 GB", 80e9, 3.35e12, 989e12),
+    "h200": GPU("H200 141 GB", 141e9, 4.8e12, 989e12),
+    "a100": GPU("A100 SXM 80 GB", 80e9, 2.039e12, 312e12),
+    "l40s": GPU("L40S 48 GB", 48e9, 0.864e12, 362e12),
+    "l4": GPU("L4 24 GB", 24e9, 0.3e12, 121e12),
+}
+
+
+@dataclass(frozen=True)
+class LALMShape:
+    name: str
+    text: TextShape
+    encoder: EncoderShape
+    tied_embeddings: bool  # lm_head shares the embedding matrix (read once per decode step either way)
+
+
+SHAPES = {
+    "qwen2.5-omni-3b": LALMShape("Qwen2.5-Omni-3B", OMNI_3B_TEXT, AUDIO_ENCODER_OMNI, True),
+    "qwen2.5-omni-7b": LALMShape(
+        "Qwen2.5-Omni-7B",
+        OMNI_7B_TEXT,
+        EncoderShape(d_model=1280, layers=32, ffn=5120, output_dim=3584),
+        False,
+    ),
+}
+
+BF16 = 2  # bytes per parameter and per cached value
+PROMPT_TOKENS = 40  # chat template + instruction around the audio span
+
+
+def text_params(s: TextShape, tied: bool) -> int:
+    """Decoder parameters read by one decode step: layers + final norm + lm_head (embedding lookup excluded)."""
+    q, kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
+    per_layer = s.hidden * q + 2 * s.hidden * kv + q * s.hidden + 3 * s.hidden * s.intermediate
+    return s.layers * per_layer + s.hidden * s.vocab
+
+
+def kv_bytes_per_token(s: TextShape) -> int:
+    """Keys + values of one token in one layer, bf16."""
+    return 2 * s.kv_heads * s.head_dim * BF16
+
+
+def throughput(
+    shape: LALMShape,
+    gpu: GPU,
+    chunk_s: float = 300.0,
+    retain: float = 1.0,
+    batch: int = 1,
+    tokens_per_audio_s: float = 3.0,
+    layer: int = 2,
+    max_new_tokens: int | None = None,
+    prefill_mfu: float = 0.5,
+    decode_efficiency: float = 0.7,
+    memory_fraction: float = 0.9,
+) -> dict:
+    """Audio-hours per GPU-hour for `batch` chunks of `chunk_s` seconds at `retain` (1.0: unpruned)."""
+    s = shape.text
+    audio = int(chunk_s * 25)  # Qwen2.5-Omni: 25 audio tokens per second
+    kept_audio = math.floor(audio * retain + 1e-9)
+    full, kept = audio + PROMPT_TOKENS, kept_audio + PROMPT_TOKENS
+    decode = math.ceil(tokens_per_audio_s * chunk_s)
+    if max_new_tokens is not None:
+        decode = min(decode, max_new_tokens)
+    per_token = kv_bytes_per_token(s)
+
+    def kv(extra: float) -> float:  # one sequence's cache with `extra` generated tokens
+        return per_token * (layer * (full + extra) + (s.layers - layer) * (kept + extra))
+
+    weights = text_params(s, shape.tied_embeddings) * BF16
+    max_batch = max(0, int((gpu.memory * memory_fraction - weights) // kv(decode)))
+    b = min(batch, max_batch)
+    if b < 1:
+        return {"batch": 0, "max_batch": max_batch, "audio_hours_per_gpu_hour": 0.0}
+    encoder = audio_encoder_flops(shape.encoder, chunk_s)
+    llm = prefill_flops(s, full, kept, layer)["total"]
+    prefill_s = (encoder + llm) / (gpu.bf16_flops * prefill_mfu)
+    step_bytes = weights + b * kv(decode / 2)
+    step_s = max(
+        step_bytes / (gpu.bandwidth * decode_efficiency),
+        2 * text_params(s, shape.tied_embeddings) * b / (gpu.bf16_flops * prefill_mfu),
+    )
+    batch_s = b * prefill_s + decode * step_s
+    return {
+        "batch": b,
+        "max_batch": max_batch,
+        "decode_tokens": decode,
+        "prefill_s": prefill_s,
+        "step_ms": step_s * 1e3,
+        "kv_gb_per_chunk": kv(decode) / 1e9,
+        "audio_hours_per_gpu_hour": b * chunk_s / batch_s,
+    }
+
+
+def cost_table(shape_key: str, gpu_key: str, chunk_s: float = 300.0, tokens_per_audio_s: float = 3.0) -> str:
+    """Markdown: audio-hours per GPU-hour by batch and retain (the README/docs table)."""
+    shape, gpu = SHAPES[shape_key], GPUS[gpu_key]
+    batches = (1, 4, 16, 64, 256)
+    lines = [
+        f"{shape.name} on {gpu.name}, {chunk_s:g}-s chunks, {tokens_per_audio_s:g} tokens per audio second:",
+        "",
+        "| retain | " + " | ".join(f"batch {b}" for b in batches) + " | largest batch that fits |",
+        "|---|" + "---|" * (len(batches) + 1),
+    ]
+    for retain in (1.0, 0.4):
+        row = [throughput(shape, gpu, chunk_s, retain, b, tokens_per_audio_s) for b in batches]
+        cells = [
+            f"{r['audio_hours_per_gpu_hour']:,.0f}" + ("*" if r["batch"] < b else "")
+            for r, b in zip(row, batches)
+        ]
+        lines.append(f"| {retain:g} | " + " | ".join(cells) + f" | {row[0]['max_batch']} |")
+    lines.append("")
+    lines.append("\\* capped at the largest batch that fits in memory.")
+    return "\n".join(lines)
+
+
+def format_dry_run(plan, gpu_key: str = "h100", tokens_per_audio_s: float = 3.0) -> str:
+    """The `jobs.run --dry-run` report: the archive, then estimated GPU-hours for 3B and 7B at the run's retain."""
+    if gpu_key not in GPUS:
+        from pipeline.options import UsageError
+
+        raise UsageError(f"--gpu must be one of {', '.join(GPUS)}, got {gpu_key!r}")
+    gpu = GPUS[gpu_key]
+    retain = 1.0 if plan.method == "vanilla" else plan.retain
+    lines = [
+        f"sources          {plan.sources}"
+        + (f" ({plan.unknown} without a readable duration)" if plan.unknown else ""),
+        f"audio hours      {plan.audio_s / 3600:.3f}",
+        f"chunks           {plan.chunks} (window {plan.window_s:g} s)",
+        f"audio tokens     {plan.audio_tokens:,} ({plan.tokens_per_s:g} per second for {plan.model})",
+        f"estimate on      {gpu.name}, retain {retain:g}, {tokens_per_audio_s:g} output tokens per audio second",
+    ]
+    if plan.chunks:
+        mean_chunk = plan.audio_s / plan.chunks
+        for shape in SHAPES.values():
+            best = throughput(
+                shape, gpu, mean_chunk, retain, 256, tokens_per_audio_s, plan.layer, plan.max_new_tokens
+            )
+            one = throughput(
+                shape, gpu, mean_chunk, retain, 1, tokens_per_audio_s, plan.layer, plan.max_new_tokens
+            )
+            hours = [plan.audio_s / 3600 / r["audio_hours_per_gpu_hour"] for r in (best, one)]
+            lines.append(
+                f"{shape.name:<16} {hours[0]:.4g} GPU-hours at batch {best['batch']} ({hours[1]:.4g} at batch 1)"
+            )
+    lines.append("(roofline estimate: bench/cost.py, docs/performance.md; nothing was run or written)")
+    return "\n".join(lines)
