@@ -105,7 +105,8 @@ def vad_empty(audio: np.ndarray, frames: int, window_frames: int) -> np.ndarray:
     from silero_vad import get_speech_timestamps
 
     with torch.inference_mode():
-        speech = get_speech_timestamps(torch.from_numpy(audio), _silero(), sampling_rate=SAMPLE_RATE)
+        clip = torch.from_numpy(np.array(audio, dtype=np.float32))  # a writable copy
+        speech = get_speech_timestamps(clip, _silero(), sampling_rate=SAMPLE_RATE)
     n = -(-frames // window_frames)
     empty = np.ones(n, dtype=bool)
     span = window_frames * HOP_LENGTH  # samples per window

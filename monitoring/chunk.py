@@ -146,6 +146,7 @@ class ChunkMetrics:
             (m.KEPT_TOKENS, "kept_tokens"),
             (m.KV_FULL, "kv_bytes_full"),
             (m.KV_KEPT, "kv_bytes_kept"),
+            (m.SKIPPED_SECONDS, "skipped_s"),
         ):
             value = _number(row.get(column))
             if value is not None and value >= 0:
@@ -180,7 +181,16 @@ class ChunkMetrics:
         if key in self._touched:
             return
         self._touched.add(key)
-        for spec in (m.AUDIO_SECONDS, m.AUDIO_TOKENS, m.KEPT_TOKENS, m.KV_FULL, m.KV_KEPT, m.BATCH_SPLITS):
+        specs = (
+            m.AUDIO_SECONDS,
+            m.AUDIO_TOKENS,
+            m.KEPT_TOKENS,
+            m.KV_FULL,
+            m.KV_KEPT,
+            m.SKIPPED_SECONDS,
+            m.BATCH_SPLITS,
+        )
+        for spec in specs:
             self._sink.touch(spec, labels)
         for status in m.STATUSES:
             self._sink.touch(m.CHUNKS, {**labels, "status": status})

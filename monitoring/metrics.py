@@ -80,6 +80,11 @@ KV_FULL = MetricSpec(
 KV_KEPT = MetricSpec(
     "headrouter_kv_cache_kept_bytes_total", "counter", "KV-cache bytes the chunks took with pruning."
 )
+SKIPPED_SECONDS = MetricSpec(
+    "headrouter_audio_skipped_seconds_total",
+    "counter",
+    "Audio seconds removed before the audio encoder as empty windows (skip_silence).",
+)
 PEAK_MEMORY = MetricSpec(
     "headrouter_accelerator_memory_peak_bytes",
     "gauge",
@@ -109,6 +114,7 @@ CHUNK_METRICS = (
     KEPT_TOKENS,
     KV_FULL,
     KV_KEPT,
+    SKIPPED_SECONDS,
     PEAK_MEMORY,
     ROUTING,
     ERRORS,

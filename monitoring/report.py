@@ -217,6 +217,7 @@ def summary(chunks: list[dict], files: list[dict]) -> list[tuple[str, str]]:
     kept = sum(_num(c.get("kept_tokens")) or 0 for c in ok)
     kv_full = sum(_num(c.get("kv_bytes_full")) or 0 for c in ok)
     kv_kept = sum(_num(c.get("kv_bytes_kept")) or 0 for c in ok)
+    skipped = sum(_num(c.get("skipped_s")) or 0 for c in ok)
     kinds = Counter((c.get("error") or "").split(":", 1)[0] or "?" for c in chunks if c.get("status") != "ok")
     rows = [
         ("runs", str(len({c.get("run_id") for c in chunks}))),
@@ -228,6 +229,10 @@ def summary(chunks: list[dict], files: list[dict]) -> list[tuple[str, str]]:
         ),
         ("chunks ok / error", f"{len(ok)} / {len(chunks) - len(ok)}"),
         ("audio processed", f"{audio_s / 3600:.3f} h"),
+        (
+            "audio skipped before the encoder",
+            f"{skipped / 3600:.3f} h ({100 * skipped / audio_s:.1f} %)" if audio_s else "n/a",
+        ),
         ("audio tokens kept", f"{100 * kept / tokens:.1f} %" if tokens else "n/a"),
         (
             "KV cache saved",

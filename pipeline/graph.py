@@ -140,6 +140,7 @@ def worker_options(opts: RunOptions):
         retain=opts.retain,
         layer=opts.layer,
         profiles=opts.profiles,
+        skip_silence=opts.skip_silence,
         device=opts.device,
         gpus_per_worker=opts.gpus_per_worker,
         max_new_tokens=opts.max_new_tokens,

@@ -43,6 +43,7 @@ class RunOptions:
     device: str = "cpu"
     layer: int = 2  # pruning layer M (headrouter.PruneOptions)
     profiles: str | None = None  # head-weight profile JSON; None: the model folder's, else uniform
+    skip_silence: str = "off"  # empty 2-s windows removed before the encoder (headrouter.PruneOptions)
     metrics_port: int | None = None
     metrics_addr: str = "127.0.0.1"  # 0.0.0.0 in a container so Prometheus can scrape the pod
     pushgateway: str | None = None
@@ -63,6 +64,12 @@ class RunOptions:
             raise UsageError(f"--retain must be in (0, 1], got {self.retain}")
         if self.layer < 1:
             raise UsageError(f"--layer must be >= 1 (pruning at layer 0 is not supported), got {self.layer}")
+        from headrouter.options import SKIP_SILENCE
+
+        if self.skip_silence not in SKIP_SILENCE:
+            raise UsageError(
+                f"--skip-silence must be one of {', '.join(SKIP_SILENCE)}, got {self.skip_silence!r}"
+            )
         lo, hi = self.workers
         if lo < 1 or hi < lo:
             raise UsageError(f"--workers must be MIN..MAX with 1 <= MIN <= MAX, got {lo}..{hi}")

@@ -56,6 +56,7 @@ _TYPES = {
     "decode_s": pa.float64(),
     "kv_bytes_full": pa.int64(),
     "kv_bytes_kept": pa.int64(),
+    "skipped_s": pa.float64(),
     "silent": pa.bool_(),
     "last": pa.bool_(),
     "node_id": pa.string(),
@@ -73,7 +74,7 @@ def _schema(*names: str) -> pa.Schema:
 # one row per chunk: the model's answer for one window of audio
 CHUNK_SCHEMA = _schema(
     *_IDENTITY, "chunk_index", "start_s", "end_s", "status", "error", "task", "question", "text", *_PRUNING,
-    "spread", "prefill_s", "decode_s", "kv_bytes_full", "kv_bytes_kept", "silent", "last", "node_id",
+    "spread", "prefill_s", "decode_s", "kv_bytes_full", "kv_bytes_kept", "skipped_s", "silent", "last", "node_id",
 )  # fmt: skip
 # one row per source file: its chunks' text joined, totals and means over its chunks
 FILE_SCHEMA = _schema(

@@ -158,3 +158,32 @@ def test_gating_is_refused_where_it_is_not_exact():
         lalm.generate([clip(1.0)], [PROMPT], _gated(), 2)
     with pytest.raises(ValueError, match="skip_silence must be one of"):
         PruneOptions(skip_silence="loud")
+
+
+def test_pipeline_rows_carry_skipped_seconds_and_the_silent_flag():
+    from pipeline.sink import CHUNK_SCHEMA
+    from workers.inference import InferenceWorker
+    from workers.options import WorkerOptions
+
+    worker = InferenceWorker(
+        WorkerOptions(model="tiny-random", max_new_tokens=2, skip_silence="vad"), CHUNK_SCHEMA
+    )
+    tone = clip(4.0, seed=8)  # no speech: every window empty for the VAD
+    rows = [{"run_id": "r", "attempt_id": "a", "id": i, "source": i, "task": "asr", "question": None,
+             "choices": None, "chunk_index": 0, "start_s": 0.0, "end_s": a.size / SR, "last": True,
+             "silent": False, "status": "ok", "error": "", "audio": a.astype("<f4").tobytes()}
+            for i, a in (("tone", tone), ("zeros", np.zeros(2 * SR, np.float32)))]  # fmt: skip
+    out = worker.infer(rows)
+    for row in out:
+        assert row["status"] == "ok" and row["silent"] and row["text"] == "", row
+    assert [row["skipped_s"] for row in out] == [4.0, 2.0]
+    energy = InferenceWorker(
+        WorkerOptions(model="tiny-random", max_new_tokens=2, skip_silence="energy"), CHUNK_SCHEMA
+    )
+    row = energy.infer([rows[0] | {"audio": gappy("x-", 0.5).astype("<f4").tobytes(), "end_s": 4.5}])[0]
+    assert (
+        row["status"] == "ok"
+        and not row["silent"]
+        and row["skipped_s"] == 2.0
+        and row["audio_tokens"] == 50 + 12
+    )

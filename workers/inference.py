@@ -51,7 +51,11 @@ class InferenceWorker:
         self.opts = opts
         self.schema = schema
         self.prune = PruneOptions(
-            method=opts.method, retain=opts.retain, layer=opts.layer, profiles=opts.profiles
+            method=opts.method,
+            retain=opts.retain,
+            layer=opts.layer,
+            profiles=opts.profiles,
+            skip_silence=opts.skip_silence,
         )
         if lalm is None:
             from headrouter import load_lalm
@@ -193,7 +197,10 @@ class InferenceWorker:
                 decode_s=float(gen.decode_s),
                 kv_bytes_full=int(gen.kv_bytes_full),
                 kv_bytes_kept=int(gen.kv_bytes_kept),
+                skipped_s=float(getattr(gen, "skipped_s", 0.0)),
             )
+            if getattr(gen, "silent", False):  # every encoder window empty: no model call, as digital silence
+                row["silent"] = True
         return row
 
 

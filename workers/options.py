@@ -21,6 +21,7 @@ class WorkerOptions:
     retain: float = 0.6
     layer: int = 2
     profiles: str | None = None
+    skip_silence: str = "off"
     device: str = "cpu"
     gpus_per_worker: float = 0.0
     max_new_tokens: int = 64
