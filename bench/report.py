@@ -191,6 +191,10 @@ def render_markdown(res: dict) -> str:
                 [[t["target"], t["measured"], _met(t["met"]), t["note"]] for t in res["targets"]],
             )
         )
+    if res.get("gating"):
+        from bench.gating import render_gating
+
+        parts.append(render_gating(res["gating"]))
     shape = res.get("shape")
     if shape:
         t = shape["text"]

@@ -345,8 +345,16 @@ def run_pipeline(run: Run) -> None:
         run.results["pipeline"]["model"] = plan.pipeline_model
 
 
+def run_gating(run: Run) -> None:
+    """Window gating: prefill with the audio encoder on chunks with 0/30/60% empty windows, gated vs not."""
+    from bench.gating import run_gating as gating
+
+    gating(run)
+
+
 # subcommand -> runners, in order
 SUBCOMMANDS: dict[str, tuple[Callable[[Run], None], ...]] = {
+    "gating": (run_gating,),
     "prefill": (run_prefill,),
     "routing": (run_routing,),
     "memory": (run_memory,),

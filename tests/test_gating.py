@@ -187,3 +187,15 @@ def test_pipeline_rows_carry_skipped_seconds_and_the_silent_flag():
         and row["skipped_s"] == 2.0
         and row["audio_tokens"] == 50 + 12
     )
+
+
+def test_gating_benchmark_rows():
+    from bench.gating import gating_rows, render_gating
+
+    g = gating_rows(8.0, hidden=64, layers=3, rounds=1)
+    rows = {r["empty_fraction"]: r for r in g["rows"]}
+    assert [rows[p]["skipped_s"] for p in (0.0, 0.3, 0.6)] == [0.0, 2.0, 4.0]
+    assert rows[0.0]["audio_tokens_gated"] == rows[0.0]["audio_tokens"] == 200
+    assert rows[0.6]["audio_tokens_gated"] == 100 and rows[0.6]["scaled"]["flop_ratio"] > 1.5
+    assert rows[0.0]["omni_3b"]["flop_ratio"] == 1.0 and 0.2 < rows[0.0]["omni_3b"]["encoder_share"] < 0.4
+    assert "| 60% |" in render_gating(g)
