@@ -18,7 +18,9 @@ def _target(name: str, measured: str, met: bool | None, note: str = "") -> dict:
 
 def targets(res: dict) -> list[dict]:
     """One entry per performance target: what was measured and whether it is met (None: not measured)."""
-    out = []
+    from bench.batch import batch_targets
+
+    out = batch_targets(res)
     pre = res.get("prefill") or []
     n = _longest(pre)
     eff = [
@@ -349,4 +351,7 @@ def render_markdown(res: dict) -> str:
             for r in dm
         ]
         parts.append(_table(["minutes", "chunks", "file MiB", "peak RSS MiB", "vs shortest"], rows))
+    from bench.batch import render_batch
+
+    parts.append(render_batch(res))
     return "".join(parts)

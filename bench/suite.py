@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from bench.batch import run_batch
 from bench.flops import (
     AUDIO_ENCODER_OMNI,
     OMNI_3B_TEXT,
@@ -359,7 +360,8 @@ SUBCOMMANDS: dict[str, tuple[Callable[[Run], None], ...]] = {
     "routing": (run_routing,),
     "memory": (run_memory,),
     "pipeline": (run_pipeline,),
-    "all": (run_prefill, run_memory, run_pipeline),
+    "batch": (run_batch,),
+    "all": (run_prefill, run_memory, run_pipeline, run_batch),
 }
 
 
