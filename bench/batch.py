@@ -205,7 +205,7 @@ def run_batch(run) -> None:
         else:
             lalm = load_lalm(model)
             seconds, batches, chunks, new = (
-                ([5.0, 20.0], [1, 4], 4, 8) if quick else ([60.0, 300.0], [1, 4, 16], 16, 64)
+                ([5.0, 20.0], [1, 4], 4, 8) if quick else ([60.0, 300.0], [1, 4, 8, 16], 16, 64)
             )
         res = {
             "model": run.plan.pipeline_model if not quick else "tiny-random",
