@@ -6,7 +6,8 @@
 Each --split NAME=DIR names a `jobs.eval` output folder (its samples.csv.gz) that holds vanilla, headrouter,
 headrouter-norouter and headrouter-oracle rows (headrouter-hard and headrouter-learned when present). Writes a
 Markdown table: average (% of vanilla), headroom = oracle - norouter, share of it recovered, and the paired
-bootstrap difference to the paper's router (`quality/headroom.py`).
+bootstrap difference to the paper's router (`quality/headroom.py`); and per split, next to --out,
+routing-NAME.png: mean alpha per task for each router (soft, hard, learned, oracle).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import argparse
 from pathlib import Path
 
 from quality.eval import read_samples
-from quality.headroom import headroom_table
+from quality.headroom import headroom_table, routing_figure
 from quality.metrics import summarize
 
 
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--resamples", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     lines = [
         "| Split | Retain | Router | Avg. (% vanilla) | Headroom (oracle - norouter) | Recovered | vs headrouter (95% CI) |",
         "|---|---|---|---|---|---|---|",
@@ -34,13 +36,13 @@ def main(argv: list[str] | None = None) -> None:
         name, _, folder = spec.partition("=")
         samples = read_samples(Path(folder) / "samples.csv.gz")
         table = summarize(samples, resamples=args.resamples, seed=args.seed)
+        routing_figure(samples, args.out.parent / f"routing-{name}.png", title=name)
         for r in headroom_table(table, samples, args.resamples, args.seed):
             d, lo, hi = r["vs_paper"]
             rec = f"{100 * r['recovered']:.0f}%" if r["recovered"] == r["recovered"] else "no headroom"
             vs = "-" if r["router"] == "headrouter" else f"{d:+.1f} ({lo:+.1f} to {hi:+.1f})"
             lines.append(f"| {name} | {r['retain']:g} | {r['router']} | {r['avg']:.1f}% | {r['headroom']:+.1f} | "
                          f"{rec} | {vs} |")  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -15,7 +15,7 @@ import numpy as np
 from quality.metrics import _average, _Task
 from quality.scoring import normalize
 
-__all__ = ["ROUTERS", "headroom_table", "paired_difference"]
+__all__ = ["ROUTERS", "headroom_table", "paired_difference", "routing_figure"]
 
 ROUTERS = ("headrouter", "headrouter-hard", "headrouter-learned")
 
@@ -87,3 +87,36 @@ def headroom_table(
                 }
             )
     return out
+
+
+def routing_figure(samples: list[dict], path, title: str = "") -> None:
+    """Mean alpha (sem, uni, aco) per task for each router present (the paper's Figure 7, one panel per router)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    routers = [m for m in (*ROUTERS, "headrouter-oracle") if any(r["method"] == m for r in samples)]
+    cats = {r["task"]: r["category"] for r in samples}
+    tasks = sorted(cats, key=lambda t: (cats[t] != "semantic", t))
+    fig, axes = plt.subplots(1, len(routers), figsize=(3.6 * len(routers), 3.6), sharey=True, squeeze=False)
+    for ax, router in zip(axes[0], routers):
+        rows = [r for r in samples if r["method"] == router and r["alpha_semantic"] is not None]
+        bottom = np.zeros(len(tasks))
+        for key, label in (
+            ("alpha_semantic", "semantic"),
+            ("alpha_uniform", "uniform"),
+            ("alpha_acoustic", "acoustic"),
+        ):
+            vals = np.array([np.mean([r[key] for r in rows if r["task"] == t] or [0.0]) for t in tasks])
+            ax.bar(tasks, vals, bottom=bottom, label=label)
+            bottom += vals
+        ax.set_title(router, fontsize=9)
+        ax.tick_params(axis="x", labelrotation=45, labelsize=8)
+    axes[0][0].set_ylabel("mean alpha (all retain ratios)")
+    axes[0][-1].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
