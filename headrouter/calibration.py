@@ -144,6 +144,7 @@ def trunk_pass(lalm, inputs: dict, answer_ids: list[int], options) -> Trunk:
     """One forward of prompt + answer[:-1] that stops at layer M's input (the audio encoder and layers < M run once)."""
     import torch
 
+    from headrouter.attention import project_qk
     from headrouter.hooks import audio_spans
 
     m = options.layer
@@ -188,10 +189,10 @@ def trunk_pass(lalm, inputs: dict, answer_ids: list[int], options) -> Trunk:
             states = seen["normed"]  # [T, D]
         else:
             states = lalm.layers[m - 1].input_layernorm(seen["hidden"][0])  # [T, D]
-        heads, kv, d = attn.config.num_attention_heads, attn.config.num_key_value_heads, attn.head_dim
-        q = attn.q_proj(states[query]).view(-1, heads, d).transpose(0, 1)  # [H, Nt, d]
-        k = attn.k_proj(states[prunable]).view(-1, kv, d).transpose(0, 1)  # [Hkv, Na, d]
-        k = k.repeat_interleave(heads // kv, dim=0)  # [H, Na, d]
+        # the stock projections before RoPE, as the hooks' probe computes them (fused qkv, q/k norms included)
+        q, _ = project_qk(attn, states[query])  # [H, Nt, d]
+        _, k = project_qk(attn, states[prunable])  # [Hkv, Na, d]
+        k = k.repeat_interleave(q.shape[0] // k.shape[0], dim=0)  # [H, Na, d]
     return Trunk(seen["hidden"], seen["kwargs"], q, k, prunable, answer)
 
 
