@@ -35,7 +35,18 @@ def parse_run_args(argv: list[str] | None = None, prog: str = "python -m jobs.ru
     p.add_argument("--output", required=True, help="local folder or s3://bucket/prefix")
     p.add_argument("--model", default="tiny-random")
     p.add_argument("--method", default="headrouter")
-    p.add_argument("--retain", type=float, default=0.6)
+    p.add_argument(
+        "--retain", type=float, default=None, help=f"share of audio tokens kept ({RunOptions.retain})"
+    )
+    p.add_argument(
+        "--retain-from", default=None, metavar="FILE", help="take retain from jobs.tune's recommendation.json"
+    )
+    p.add_argument(
+        "--shadow-fraction",
+        type=float,
+        default=0.0,
+        help="share of chunks also run unpruned to measure agreement live (0: none; e.g. 0.02)",
+    )
     p.add_argument("--layer", type=int, default=2, help="pruning layer M (1 .. layers-1)")
     p.add_argument("--profiles", default=None, help="head-weight profile JSON (default: the model's own)")
     p.add_argument(
@@ -84,12 +95,19 @@ def parse_run_args(argv: list[str] | None = None, prog: str = "python -m jobs.ru
         "--tokens-per-audio-s", type=float, default=3.0, help="ASR output rate for --dry-run (3 per second)"
     )
     a = p.parse_args(argv)
+    retain = RunOptions.retain if a.retain is None else a.retain
+    if a.retain_from is not None:
+        if a.retain is not None:
+            raise UsageError("give --retain or --retain-from, not both")
+        from pipeline.tune import recommended_retain
+
+        retain = recommended_retain(a.retain_from, a.model, a.method)
     opts = RunOptions(
         input=a.input,
         output=a.output,
         model=a.model,
         method=a.method,
-        retain=a.retain,
+        retain=retain,
         task=a.task,
         question=a.question,
         workers=a.workers,
@@ -97,6 +115,7 @@ def parse_run_args(argv: list[str] | None = None, prog: str = "python -m jobs.ru
         cpus_per_worker=a.cpus_per_worker,
         batch_size=a.batch_size,
         max_batch_tokens=a.max_batch_tokens,
+        shadow_fraction=a.shadow_fraction,
         max_new_tokens=a.max_new_tokens,
         max_error_fraction=a.max_error_fraction,
         retry_errors=a.retry_errors,
@@ -150,10 +169,19 @@ def format_summary(s: RunSummary) -> str:
             "mean alpha sem/uni/aco",
             " / ".join(f(a, ".3f") for a in (s.alpha_semantic, s.alpha_uniform, s.alpha_acoustic)),
         ),
+        ("shadow agreement", _agreement(s)),
         ("output", s.output),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _agreement(s: RunSummary) -> str:
+    """Mean pruned-vs-unpruned agreement of the shadowed chunks with its 95% interval."""
+    if not s.shadow_agreement:
+        return "-"
+    mean, lo, hi = s.shadow_agreement
+    return f"{mean:.3f} (95% CI {lo:.3f}-{hi:.3f}, {s.shadow_chunks} chunks)"
 
 
 def run_metrics(opts: RunOptions):

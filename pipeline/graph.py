@@ -147,4 +147,5 @@ def worker_options(opts: RunOptions):
         s3_endpoint=opts.s3_endpoint,
         batch_size=opts.batch_size,
         max_batch_tokens=opts.max_batch_tokens,
+        shadow_fraction=opts.shadow_fraction,
     )

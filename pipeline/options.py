@@ -30,6 +30,7 @@ class RunOptions:
     cpus_per_worker: float = 0.5
     batch_size: int = 4  # chunks per Ray batch, and most chunks in one generate call
     max_batch_tokens: int | None = None  # most KV tokens in one generate call (workers.batching.KVCost)
+    shadow_fraction: float = 0.0  # share of chunks also run unpruned to measure agreement (workers.shadow)
     max_new_tokens: int = 64
     max_error_fraction: float = 0.1
     retry_errors: bool = False
@@ -79,6 +80,8 @@ class RunOptions:
             raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
             raise UsageError(f"--max-batch-tokens must be >= 1, got {self.max_batch_tokens}")
+        if not 0.0 <= self.shadow_fraction <= 1.0:
+            raise UsageError(f"--shadow-fraction must be in [0, 1], got {self.shadow_fraction}")
         if not 0.0 <= self.max_error_fraction <= 1.0:
             raise UsageError(f"--max-error-fraction must be in [0, 1], got {self.max_error_fraction}")
         if self.window_s is not None and self.window_s < 1.0:
@@ -108,6 +111,8 @@ class RunSummary:
     alpha_uniform: float | None = None
     alpha_acoustic: float | None = None
     errors: dict = dataclasses.field(default_factory=dict)  # error kind -> count
+    shadow_chunks: int = 0  # chunks also run unpruned (--shadow-fraction)
+    shadow_agreement: tuple | None = None  # (mean, low, high): mean agreement and its bootstrap 95% interval
     exit_code: int = 0
 
     @property

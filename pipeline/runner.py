@@ -89,6 +89,7 @@ def run_job(opts: RunOptions, commit_every_s: float = 10.0, on_start=None, obser
         len(sources) - len(todo),
         missing,
         time.monotonic() - started,
+        sink.shadow_agreements,
     )
     write_json_atomic(out_fs, run_json, dict(summary.to_dict(), status="complete", options=_public(opts)))
     return summary
@@ -160,7 +161,9 @@ def _ensure_ray(opts: RunOptions) -> bool:
     return True
 
 
-def _summary(run_id, opts, rows, listed, skipped, missing, wall_s) -> RunSummary:
+def _summary(run_id, opts, rows, listed, skipped, missing, wall_s, shadow=()) -> RunSummary:
+    from quality.agreement import mean_interval
+
     ok = [r for r in rows if r["status"] == "ok"]
     failed = [r for r in rows if r["status"] != "ok"]
     routed = [r for r in ok if r.get("alpha_semantic") is not None]
@@ -190,6 +193,8 @@ def _summary(run_id, opts, rows, listed, skipped, missing, wall_s) -> RunSummary
         alpha_uniform=mean("alpha_uniform"),
         alpha_acoustic=mean("alpha_acoustic"),
         errors=dict(errors),
+        shadow_chunks=len(shadow),
+        shadow_agreement=mean_interval(shadow) if shadow else None,
         exit_code=1 if frac > opts.max_error_fraction else 0,
     )
 

@@ -58,6 +58,9 @@ _TYPES = {
     "kv_bytes_kept": pa.int64(),
     "skipped_s": pa.float64(),
     "silent": pa.bool_(),
+    "shadow_text": pa.string(),  # the unpruned answer of a shadowed chunk (--shadow-fraction), else null
+    "shadow_agreement": pa.float64(),  # pruned vs unpruned (quality.agreement); files/: mean over shadowed chunks
+    "shadow_s": pa.float64(),  # the shadow run's model time, not in prefill_s / decode_s
     "last": pa.bool_(),
     "node_id": pa.string(),
     "committed_at": pa.timestamp("us", tz="UTC"),
@@ -74,12 +77,12 @@ def _schema(*names: str) -> pa.Schema:
 # one row per chunk: the model's answer for one window of audio
 CHUNK_SCHEMA = _schema(
     *_IDENTITY, "chunk_index", "start_s", "end_s", "status", "error", "task", "question", "text", *_PRUNING,
-    "spread", "prefill_s", "decode_s", "kv_bytes_full", "kv_bytes_kept", "skipped_s", "silent", "last", "node_id",
+    "spread", "prefill_s", "decode_s", "kv_bytes_full", "kv_bytes_kept", "skipped_s", "silent", "shadow_text", "shadow_agreement", "shadow_s", "last", "node_id",
 )  # fmt: skip
 # one row per source file: its chunks' text joined, totals and means over its chunks
 FILE_SCHEMA = _schema(
     *_IDENTITY, "status", "error", "error_kind", "text", "duration_s", "num_chunks", "num_errors", "task",
-    "question", *_PRUNING, "prefill_s", "decode_s", "committed_at",
+    "question", *_PRUNING, "prefill_s", "decode_s", "shadow_agreement", "committed_at",
 )  # fmt: skip
 
 
@@ -122,6 +125,7 @@ class ResultSink:
         self._seq = 0
         self._last_commit = time.monotonic()
         self.committed: list[dict] = []  # files rows committed so far (small: no audio)
+        self.shadow_agreements: list[float] = []  # every shadowed chunk's agreement, for the run's interval
 
     def add(self, rows: list[dict]) -> None:
         for row in rows:
@@ -131,6 +135,8 @@ class ResultSink:
                 continue
             chunks[idx] = row
             self._pending.append(row)
+            if row.get("shadow_agreement") is not None:
+                self.shadow_agreements.append(float(row["shadow_agreement"]))
         if time.monotonic() - self._last_commit >= self.commit_every_s:
             self.commit()
 
@@ -193,6 +199,7 @@ def file_row(chunks: list[dict], committed_at: datetime) -> dict:
     def mean(key):
         return sum(c[key] for c in routed) / len(routed) if routed else None
 
+    shadow = [c["shadow_agreement"] for c in ok if c.get("shadow_agreement") is not None]
     return {
         "run_id": first["run_id"],
         "attempt_id": first["attempt_id"],
@@ -217,6 +224,7 @@ def file_row(chunks: list[dict], committed_at: datetime) -> dict:
         "alpha_acoustic": mean("alpha_acoustic"),
         "prefill_s": sum(float(c.get("prefill_s") or 0.0) for c in ok),
         "decode_s": sum(float(c.get("decode_s") or 0.0) for c in ok),
+        "shadow_agreement": sum(shadow) / len(shadow) if shadow else None,
         "committed_at": committed_at,
     }
 

@@ -57,6 +57,10 @@ class InferenceWorker:
             profiles=opts.profiles,
             skip_silence=opts.skip_silence,
         )
+        # the shadow run: the same model and gating, nothing pruned (kept tokens == audio tokens)
+        self._vanilla = PruneOptions(
+            method="vanilla", retain=1.0, layer=opts.layer, skip_silence=opts.skip_silence
+        )
         if lalm is None:
             from headrouter import load_lalm
 
@@ -113,12 +117,53 @@ class InferenceWorker:
                 results = self._generate([rows[i] for i in picked], [prompts[j] for j in group])
                 for i, result in zip(picked, results):
                     out[i] = result
+                self._shadow([rows[i] for i in picked], [prompts[j] for j in group], results)
         return out
 
-    def _costs(self, rows: list[dict], prompts: list[str]) -> list[float]:
+    def _shadow(self, rows: list[dict], prompts: list[str], results: list[dict]) -> None:
+        """Run the shadowed chunks of one planned batch again unpruned (one call) and fill their shadow columns.
+
+        The shadow's model time goes to shadow_s, never to prefill_s/decode_s; a failure leaves the columns null.
+        """
+        if self.opts.shadow_fraction <= 0 or self.prune.method == "vanilla":
+            return
+        from quality.agreement import agreement
+        from workers.shadow import shadowed
+
+        picked = [
+            j
+            for j, (r, res) in enumerate(zip(rows, results))
+            if res["status"] == "ok"
+            and not res.get("silent")
+            and shadowed(r["id"], r["chunk_index"], self.opts.shadow_fraction)
+        ]
+        if not picked:
+            return
+        # unpruned chunks hold more KV: one call unless the budget asks for more
+        budget = self.opts.max_batch_tokens if self._kv_cost is not None else None
+        costs = self._costs([rows[j] for j in picked], [prompts[j] for j in picked], self._vanilla)
+        for group in plan_batches(costs, len(picked), budget):
+            call = [picked[g] for g in group]
+            audios = [np.frombuffer(rows[j]["audio"], dtype="<f4") for j in call]
+            try:
+                outs = self._call(audios, [prompts[j] for j in call], self._vanilla)
+            except Exception as e:
+                _free_accelerator_memory()
+                log.warning("shadow run of %d chunks failed (pruned results kept): %s", len(call), e)
+                continue
+            for j, gen in zip(call, outs):
+                res = results[j]
+                res.update(
+                    shadow_text=gen.text,
+                    shadow_agreement=agreement(str(res.get("task")), res.get("text"), gen.text),
+                    shadow_s=float(gen.prefill_s) + float(gen.decode_s),
+                )
+
+    def _costs(self, rows: list[dict], prompts: list[str], prune=None) -> list[float]:
         """KV tokens of each chunk (workers.batching.KVCost); the audio length when the model cannot count."""
         from headrouter.routing import keep_count
 
+        prune = prune or self.prune
         sizes = [len(r["audio"]) // 4 for r in rows]  # float32 samples
         counts = getattr(self.lalm, "token_counts", None)
         if self._kv_cost is None or counts is None:
@@ -129,11 +174,7 @@ class InferenceWorker:
                 total, audio = counts(n, prompt)
             except Exception:  # a bad chunk is reported by its own generate call, not here
                 total = audio = 0
-            kept = (
-                total
-                if self.prune.method == "vanilla"
-                else total - audio + keep_count(audio, self.prune.retain)
-            )
+            kept = total if prune.method == "vanilla" else total - audio + keep_count(audio, prune.retain)
             costs.append(self._kv_cost(total, kept))
         return costs
 
@@ -166,8 +207,9 @@ class InferenceWorker:
             log.debug("metrics observe_split failed", exc_info=True)
         return self._generate(rows[:half], prompts[:half]) + self._generate(rows[half:], prompts[half:])
 
-    def _call(self, audios, prompts):
-        outs = self.lalm.generate(audios, prompts, self.prune, max_new_tokens=self.opts.max_new_tokens)
+    def _call(self, audios, prompts, prune=None):
+        prune = prune or self.prune
+        outs = self.lalm.generate(audios, prompts, prune, max_new_tokens=self.opts.max_new_tokens)
         if len(outs) != len(audios):
             raise RuntimeError(f"model returned {len(outs)} outputs for {len(audios)} inputs")
         return outs

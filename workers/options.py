@@ -14,6 +14,7 @@ class WorkerOptions:
     batch_size: most chunks in one `generate` call; max_batch_tokens: most KV tokens in one call (None: no
     limit), counted per layer on average: layers < M hold each chunk's whole input, layers >= M its kept tokens,
     every layer its new tokens, and a padded batch costs its size times its longest chunk (see workers.batching).
+    shadow_fraction: share of chunks also run unpruned (method vanilla) to measure agreement (workers.shadow).
     """
 
     model: str = "tiny-random"
@@ -28,3 +29,4 @@ class WorkerOptions:
     s3_endpoint: str | None = None
     batch_size: int = 4
     max_batch_tokens: int | None = None
+    shadow_fraction: float = 0.0
