@@ -144,9 +144,17 @@ class LALM:
             return None
         from headrouter.routing import HeadRouter
 
-        return HeadRouter(
-            self.profiles(options.profiles), prefilter=options.router_prefilter, routing=options.routing
+        profiles = self.profiles(options.profiles)
+        # profiles record the settings they were calibrated under; other settings are an error unless overridden
+        # (options.prefilter, not router_prefilter: the -noprefilter ablation is a deliberate change)
+        profiles.check_settings(
+            layer=options.layer,
+            probe_input=options.probe_input,
+            query_tokens=options.query_tokens,
+            prefilter=options.prefilter,
+            override=options.override_profile_settings,
         )
+        return HeadRouter(profiles, prefilter=options.router_prefilter, routing=options.routing)
 
     def prepare(self, audio: np.ndarray, prompt: str, index: int = 0, sample_rate: int | None = None) -> dict:
         """Check one clip and build the model inputs (batch of 1) for `prompt`."""

@@ -61,6 +61,10 @@ class RunOptions:
 
         if self.method not in METHODS:
             raise UsageError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method == "headrouter-oracle":
+            raise UsageError(
+                "--method headrouter-oracle needs each clip's true category: evaluation only (jobs.eval)"
+            )
         if not 0.0 < self.retain <= 1.0:
             raise UsageError(f"--retain must be in (0, 1], got {self.retain}")
         if self.layer < 1:

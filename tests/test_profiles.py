@@ -130,3 +130,18 @@ def test_unreadable_or_non_json_files(tmp_path):
         Profiles.load(_write(tmp_path, "[1, 2]"))
     with pytest.raises(ProfileError, match="cannot read"):
         Profiles.load(tmp_path / "missing.json")
+
+
+def test_the_engine_refuses_profiles_calibrated_under_other_settings():
+    from headrouter import PruneOptions, load_lalm
+
+    lalm = load_lalm("tiny-synth")  # its profiles were calibrated at layer 2, normed probe, after_audio, 2.0
+    audio = torch.zeros(8000).numpy() + 0.01
+    lalm.generate([audio], ["what is the sound ?"], PruneOptions(method="headrouter", layer=2), 1)
+    for wrong in ({"layer": 3}, {"probe_input": "hidden"}, {"query_tokens": "all_text"}, {"prefilter": 1.5}):
+        with pytest.raises(ProfileError):
+            lalm.generate([audio], ["what is the sound ?"], PruneOptions(method="headrouter", **wrong), 1)
+    overridden = PruneOptions(method="headrouter", layer=3, override_profile_settings=True)
+    assert lalm.generate([audio], ["what is the sound ?"], overridden, 1)[0].kept_tokens > 0
+    # baselines do not use profiles
+    assert lalm.generate([audio], ["what is the sound ?"], PruneOptions(method="frame", layer=3), 1)
