@@ -122,7 +122,7 @@ class ChunkMetrics:
             raise ValueError(f"unknown metrics backend {backend!r}")
         self.backend = backend
         self._sink = _RayBackend() if backend == "ray" else _PromBackend(registry or LOCAL_REGISTRY)
-        self._touched: set[tuple[str, str, str]] = set()
+        self._touched: set[tuple[str, ...]] = set()
 
     def observe(self, row: dict, latency_s: float | None = None) -> None:
         """Record one chunk row; latency_s is the chunk's end-to-end time (default prefill_s + decode_s)."""
@@ -168,6 +168,12 @@ class ChunkMetrics:
         peak = _peak_accelerator_bytes()
         if peak is not None:
             sink.set(m.PEAK_MEMORY, peak, labels)
+        by_retain = {**labels, "retain": m.retain_label(row.get("retain"))}
+        self._touch_retain(by_retain)
+        agreement = _number(row.get("shadow_agreement"))
+        if agreement is not None:
+            sink.inc(m.SHADOW_CHUNKS, 1, by_retain)
+            sink.observe(m.SHADOW_AGREEMENT, agreement, by_retain)
 
     def observe_split(self, labels: dict) -> None:
         """Count one batch split after an out-of-memory error (labels: model, method, task)."""
@@ -175,6 +181,12 @@ class ChunkMetrics:
                   "task": str(labels.get("task") or "unknown")}  # fmt: skip
         self._touch(labels)
         self._sink.inc(m.BATCH_SPLITS, 1, labels)
+
+    def _touch_retain(self, labels: dict) -> None:
+        key = (labels["model"], labels["method"], labels["task"], labels["retain"])
+        if key not in self._touched:
+            self._touched.add(key)
+            self._sink.touch(m.SHADOW_CHUNKS, labels)
 
     def _touch(self, labels: dict) -> None:
         key = (labels["model"], labels["method"], labels["task"])

@@ -40,6 +40,7 @@ ERROR_KINDS = (
     "other",
 )
 
+AGREEMENT_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 1.0)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 COEFFICIENT_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 
@@ -103,6 +104,19 @@ BATCH_SPLITS = MetricSpec(
     "counter",
     "Batches split in two after running out of accelerator memory.",
 )
+SHADOW_CHUNKS = MetricSpec(
+    "headrouter_shadow_chunks_total",
+    "counter",
+    "Chunks also run unpruned (--shadow-fraction), by retain rounded to 0.1.",
+    (*BASE_LABELS, "retain"),
+)
+SHADOW_AGREEMENT = MetricSpec(
+    "headrouter_shadow_agreement",
+    "histogram",
+    "Agreement of a shadowed chunk's pruned answer with its unpruned one (ASR 1 - WER, QA exact match).",
+    (*BASE_LABELS, "retain"),
+    AGREEMENT_BUCKETS,
+)
 
 CHUNK_METRICS = (
     AUDIO_SECONDS,
@@ -119,6 +133,8 @@ CHUNK_METRICS = (
     ROUTING,
     ERRORS,
     BATCH_SPLITS,
+    SHADOW_CHUNKS,
+    SHADOW_AGREEMENT,
 )
 
 # Run-level gauges: one set per batch run, pushed to the Pushgateway under job=<job name>, run_id=<run id>.
@@ -193,6 +209,15 @@ def error_kind(message: str | None) -> str:
         if re.search(pattern, text):
             return kind
     return "other"
+
+
+def retain_label(retain) -> str:
+    """The retain ratio as a label: rounded to 0.1 (a closed set of 11 values), "unknown" when missing."""
+    try:
+        value = float(retain)
+    except (TypeError, ValueError):
+        return "unknown"
+    return f"{min(1.0, max(0.0, round(value, 1))):.1f}" if value == value else "unknown"
 
 
 def model_label(model: str | None) -> str:

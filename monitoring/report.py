@@ -245,8 +245,27 @@ def summary(chunks: list[dict], files: list[dict]) -> list[tuple[str, str]]:
             ", ".join(sorted({f"{c.get('model')}/{c.get('method')}" for c in chunks})) or "n/a",
         ),
         ("errors by kind", ", ".join(f"{k}: {n}" for k, n in kinds.most_common()) or "none"),
+        ("shadow agreement (pruned vs unpruned)", _shadow_agreement(ok)),
     ]
     return rows
+
+
+def _shadow_agreement(ok: list[dict]) -> str:
+    """Mean agreement of the shadowed chunks with a bootstrap 95% interval, per retain when several."""
+    from quality.agreement import mean_interval
+
+    by_retain: dict = {}
+    for c in ok:
+        if (a := _num(c.get("shadow_agreement"))) is not None:
+            by_retain.setdefault(_num(c.get("retain")), []).append(a)
+    if not by_retain:
+        return "n/a (no shadowed chunks; jobs.run --shadow-fraction)"
+    parts = []
+    for retain, values in sorted(by_retain.items(), key=lambda kv: -(kv[0] or 0)):
+        mean, lo, hi = mean_interval(values)
+        where = f"retain {retain:g}: " if len(by_retain) > 1 and retain is not None else ""
+        parts.append(f"{where}{mean:.3f} (95% CI {lo:.3f}-{hi:.3f}, {len(values)} chunks)")
+    return "; ".join(parts)
 
 
 def render(output: str, chunks: list[dict], files: list[dict]) -> str:

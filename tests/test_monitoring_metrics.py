@@ -159,3 +159,21 @@ def test_unreachable_pushgateway_is_logged_not_raised(caplog):
     )
     assert rm.finish(True) is False
     assert "could not push" in caplog.text
+
+
+def test_shadow_metrics_by_retain_bucket():
+    registry = CollectorRegistry()
+    cm = monitoring.ChunkMetrics(backend="prometheus", registry=registry)
+    cm.observe(_row(0, retain=0.4, shadow_agreement=1.0))
+    cm.observe(_row(1, retain=0.4, shadow_agreement=0.5))
+    cm.observe(_row(2, retain=0.4))  # not shadowed
+    cm.observe(_row(3, retain=0.62, shadow_agreement=0.9))
+    s = _samples(registry)
+    base = dict(model="tiny-random", method="headrouter", task="asr")
+    assert _get(s, "headrouter_shadow_chunks_total", retain="0.4", **base) == 2
+    assert _get(s, "headrouter_shadow_agreement_sum", retain="0.4", **base) == pytest.approx(1.5)
+    assert _get(s, "headrouter_shadow_agreement_count", retain="0.6", **base) == 1
+    assert _get(s, "headrouter_shadow_agreement_bucket", retain="0.4", le="0.5", **base) == 1
+    assert [m.retain_label(r) for r in (0.4, 0.449, 1.0, None, "x", float("nan"))] == [
+        "0.4", "0.4", "1.0", "unknown", "unknown", "unknown"
+    ]  # fmt: skip

@@ -53,6 +53,7 @@ def test_pipeline_run_exports_chunk_and_run_metrics(prometheus_stack, tmp_path):
             "1",
         ]
         cmd += ["--max-error-fraction", "0.5", "--address", address, "--run-id", "e2e-1", "--job-name", JOB]
+        cmd += ["--shadow-fraction", "1"]  # every chunk shadowed: the shadow metrics reach Prometheus too
         cmd += ["--pushgateway", p.pushgateway, "--metrics-port", str(p.metrics_port)]
         res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
         assert res.returncode == 0, res.stderr[-3000:]

@@ -51,6 +51,7 @@ def chunk_row(i, task="asr", status="ok", error="", length_s=6.0):
         decode_s=0.2 + 0.02 * i,
         kv_bytes_full=150_000,
         kv_bytes_kept=90_000,
+        shadow_agreement=1.0 if i % 3 else 0.75,  # every chunk shadowed
     )
 
 
@@ -132,6 +133,10 @@ def test_every_metric_has_samples_with_the_recorded_values(prometheus_stack, rec
     assert value('sum(headrouter_errors_total{job="headrouter", kind="invalid_audio", task="qa"})') == 1
     assert value('sum(headrouter_chunks_total{job="headrouter", status="ok", task="asr"})') == 4
     assert value('sum(headrouter_routing_coefficient_count{job="headrouter", profile="semantic"})') == len(ok)
+    assert value('sum(headrouter_shadow_chunks_total{job="headrouter", retain="0.6"})') == len(ok)
+    assert value('sum(headrouter_shadow_agreement_sum{job="headrouter"})') == sum(
+        r["shadow_agreement"] for r in ok
+    )
     assert value(f'headrouter_run_chunks{{job="{NIGHTLY}", run_id="n1", status="error"}}') == 2
     assert value(f'headrouter_run_audio_tokens_kept{{job="{NIGHTLY}"}}') == sum(r["kept_tokens"] for r in ok)
     assert value(f'headrouter_run_success{{job="{NIGHTLY}", run_id="n1"}}') == 1

@@ -152,3 +152,18 @@ def test_report_renders_in_headless_chromium_without_console_errors(tmp_path):
     shot.unlink(missing_ok=True)
     assert _chromium(tmp_path / "out" / "report.html", shot, tmp_path / "profile") == []
     assert shot.stat().st_size > 20_000  # a page with plots, not a blank one
+
+
+def test_summary_shows_shadow_agreement_with_an_interval_per_retain():
+    from monitoring.report import summary
+
+    def row(retain, agreement):
+        return dict(status="ok", retain=retain, shadow_agreement=agreement, start_s=0.0, end_s=1.0)
+
+    rows = dict(summary([row(0.4, 1.0), row(0.4, 0.5), row(0.4, None)], []))
+    assert rows["shadow agreement (pruned vs unpruned)"].startswith("0.750 (95% CI 0.500-1.000, 2 chunks)")
+    rows = dict(summary([row(0.4, 1.0), row(0.6, 1.0)], []))
+    assert rows["shadow agreement (pruned vs unpruned)"] == (
+        "retain 0.6: 1.000 (95% CI 1.000-1.000, 1 chunks); retain 0.4: 1.000 (95% CI 1.000-1.000, 1 chunks)"
+    )
+    assert dict(summary([row(0.4, None)], []))["shadow agreement (pruned vs unpruned)"].startswith("n/a")
