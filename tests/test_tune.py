@@ -1,0 +1,122 @@
+"""Choosing retain from data: the table and recommendation rules, --retain-from's checks, and jobs.tune on a small
+tiny-synth archive whose recommendation jobs.run --retain-from then uses."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from pipeline.cli import parse_run_args
+from pipeline.options import UsageError
+from pipeline.tune import recommend, tune_table
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _row(i, method, retain, text, task="qa", prefill=1.0, kv=100):
+    return dict(id=f"c{i}", chunk_index=0, method=method, retain=retain, status="ok", task=task, text=text,
+                prefill_s=prefill, kv_bytes_kept=kv)  # fmt: skip
+
+
+def test_table_compares_each_retain_with_vanilla_chunk_by_chunk():
+    rows = [_row(i, "vanilla", 1.0, t, prefill=2.0, kv=200) for i, t in enumerate(["a", "b", "c", "d"])]
+    rows += [_row(i, "headrouter", 0.5, t, kv=100) for i, t in enumerate(["a", "b", "c", "x"])]
+    rows += [_row(i, "headrouter", 0.2, t, prefill=0.5, kv=50) for i, t in enumerate(["x", "b", "y", "z"])]
+    rows.append(
+        dict(_row(9, "headrouter", 0.2, "q"), status="error")
+    )  # no vanilla partner, an error: left out
+    table = tune_table(rows, (0.2, 0.5), resamples=500)
+    assert [r["retain"] for r in table] == [0.5, 0.2]  # highest first
+    assert [r["chunks"] for r in table] == [4, 4]
+    assert [r["agreement"] for r in table] == [0.75, 0.25]
+    assert table[0]["low"] <= 0.75 <= table[0]["high"]
+    assert [r["kv_kept"] for r in table] == [0.5, 0.25]
+    assert [r["prefill_s"] for r in table] == [1.0, 0.5] and table[0]["vanilla_prefill_s"] == 2.0
+
+
+def test_recommendation_is_the_lowest_retain_whose_lower_bound_meets_the_target():
+    table = [
+        dict(retain=0.9, agreement=1.0, low=0.99, high=1.0),
+        dict(retain=0.5, agreement=0.99, low=0.981, high=1.0),
+        dict(retain=0.4, agreement=0.99, low=0.97, high=1.0),  # mean above, bound below: not enough
+        dict(retain=0.2, agreement=0.9, low=0.85, high=0.95),
+    ]
+    rec = recommend(table, 0.98)
+    assert (rec["retain"], rec["met"], rec["low"]) == (0.5, True, 0.981)
+    assert recommend(table, 0.999) == dict(retain=1.0, met=False, target=0.999, agreement=None, low=None,
+                                          high=None)  # fmt: skip
+
+
+def _write(tmp_path, obj) -> str:
+    path = tmp_path / f"recommendation-{len(list(tmp_path.iterdir()))}.json"
+    path.write_text(obj if isinstance(obj, str) else json.dumps(obj))
+    return str(path)
+
+
+def test_retain_from_reads_the_recommendation_and_checks_it(tmp_path):
+    args = ["--input", "in", "--output", "out", "--model", "tiny-synth"]
+    good = _write(tmp_path, {"retain": 0.3, "model": "tiny-synth", "method": "headrouter"})
+    assert parse_run_args([*args, "--retain-from", good]).opts.retain == 0.3
+    assert parse_run_args(args).opts.retain == 0.6  # the default without either flag
+    cases = [
+        ([*args, "--retain-from", good, "--retain", "0.5"], "--retain or --retain-from, not both"),
+        ([*args, "--retain-from", str(tmp_path / "missing.json")], "cannot read it"),
+        ([*args, "--retain-from", _write(tmp_path, "{not json")], "not JSON"),
+        ([*args, "--retain-from", _write(tmp_path, {"retain": 1.5})], "no retain in"),
+        ([*args, "--retain-from", _write(tmp_path, [0.3])], "no retain in"),
+        (
+            [*args, "--retain-from", _write(tmp_path, {"retain": 0.3, "model": "qwen2.5-omni-3b"})],
+            "tuned for model 'qwen2.5-omni-3b', not --model 'tiny-synth'",
+        ),
+        (
+            [*args, "--method", "fastv", "--retain-from", _write(tmp_path, {"retain": 0.3, "method": "headrouter"})],
+            "tuned for method 'headrouter', not --method 'fastv'",
+        ),
+    ]  # fmt: skip
+    for argv, message in cases:
+        with pytest.raises(UsageError, match=message.replace("(", r"\(")) as e:
+            parse_run_args(argv)
+        assert "\n" not in str(e.value)
+
+
+def test_nightly_takes_retain_from_and_shadow_fraction(tmp_path):
+    from jobs.nightly import parse_args
+
+    good = _write(tmp_path, {"retain": 0.4, "model": "tiny-random", "method": "headrouter"})
+    opts, _ = parse_args(
+        ["--input", "in", "--output", "out", "--retain-from", good, "--shadow-fraction", "0.02"]
+    )
+    assert (opts.run.retain, opts.run.shadow_fraction) == (0.4, 0.02)
+
+
+@pytest.mark.slow
+def test_tune_on_tiny_synth_writes_a_recommendation_that_jobs_run_uses(tmp_path, capsys):
+    from jobs.run import main as run_main
+    from jobs.tune import main as tune_main
+
+    archive = tmp_path / "archive"
+    shutil.copytree(REPO / "examples" / "synth", archive)
+    tuned = tmp_path / "tune"
+    common = ["--model", "tiny-synth", "--task", "qa", "--workers", "1", "--max-new-tokens", "8"]
+    argv = ["--input", str(archive / "demo.jsonl"), "--output", str(tuned), "--sample", "6"]
+    assert tune_main([*argv, "--retain", "0.9", "0.3", "0.05", "--target", "0.5", *common]) == 0
+    printed = capsys.readouterr().out
+    rec = json.loads((tuned / "recommendation.json").read_text())
+    table = json.loads((tuned / "table.json").read_text())
+    assert [r["retain"] for r in table["rows"]] == [0.9, 0.3, 0.05] and table["chunks"] == rec["chunks"] == 6
+    assert (rec["model"], rec["method"], rec["task"]) == ("tiny-synth", "headrouter", "qa")
+    assert rec["retain"] in (0.9, 0.3, 0.05, 1.0) and f"recommended retain: {rec['retain']:g}" in printed
+    # the sample is seeded: the same chunks again
+    chunks = duckdb.sql(f"SELECT DISTINCT id FROM '{tuned}/chunks.parquet' ORDER BY id").fetchall()
+    assert len(chunks) == 6
+
+    out = tmp_path / "out"
+    run = ["--input", str(archive / "demo.jsonl"), "--output", str(out), "--run-id", "r1"]
+    assert run_main([*run, "--retain-from", str(tuned / "recommendation.json"), *common]) == 0
+    retains = duckdb.sql(f"SELECT DISTINCT retain FROM '{out}/files/**/*.parquet'").fetchall()
+    assert retains == [(rec["retain"],)]
+    assert json.loads((out / "runs" / "r1.json").read_text())["options"]["retain"] == rec["retain"]
