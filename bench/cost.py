@@ -186,3 +186,9 @@ def format_dry_run(plan, gpu_key: str = "h100", tokens_per_audio_s: float = 3.0)
             )
     lines.append("(roofline estimate: bench/cost.py, docs/performance.md; nothing was run or written)")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m bench.cost: the tables of docs/performance.md
+    for _shape in SHAPES:
+        for _gpu in ("h100", "l4"):
+            print(cost_table(_shape, _gpu), end="\n\n")
