@@ -144,9 +144,12 @@ def _run_graph(sources, opts: TuneOptions, window_s: float, per_source: int) -> 
         num_cpus=run.cpus_per_worker,
         num_gpus=run.gpus_per_worker or None,
     )
-    rows = []
+    rows, last = [], time.monotonic()
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         rows.extend(batch.to_pylist())
+        if time.monotonic() - last >= run.progress_s:
+            last = time.monotonic()
+            log.info("progress: %d chunk results (%d settings per chunk)", len(rows), len(opts.retains) + 1)
     return sorted(rows, key=lambda r: (r["id"], r["chunk_index"], r["method"] != "vanilla", -r["retain"]))
 
 

@@ -93,6 +93,39 @@ def test_nightly_takes_retain_from_and_shadow_fraction(tmp_path):
     assert (opts.run.retain, opts.run.shadow_fraction) == (0.4, 0.02)
 
 
+def test_validation_against_reference_answers(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from quality.tune_check import holdout_check, relation_table, scored_rows
+
+    manifest = tmp_path / "m.jsonl"
+    refs = [
+        ("a", "semantic", "emma"),
+        ("b", "semantic", "oscar"),
+        ("c", "acoustic", "tone"),
+        ("d", "acoustic", "siren"),
+    ]
+    manifest.write_text("".join(json.dumps(dict(id=i, category=c, answer=ans, choices=[ans, "x"], task="name")) + "\n"
+                                for i, c, ans in refs))  # fmt: skip
+    texts = {"vanilla": ["emma", "oscar", "tone", "x"], 0.5: ["emma", "x", "tone", "siren"]}
+    rows = [dict(_row(0, "vanilla", 1.0, t), id=i) for (i, _, _), t in zip(refs, texts["vanilla"])]
+    rows += [dict(_row(0, "headrouter", 0.5, t), id=i) for (i, _, _), t in zip(refs, texts[0.5])]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "chunks.parquet")
+    scored = scored_rows(tmp_path, manifest)
+    table = {r["family"]: r for r in relation_table(scored)}
+    # semantic: b drifts from right to wrong; acoustic: d drifts from wrong to right
+    assert (table["semantic"]["agreement"], table["semantic"]["score_change"]) == (0.5, -0.5)
+    assert (table["acoustic"]["agreement"], table["acoustic"]["score_change"]) == (0.5, 0.5)
+    assert (table["all"]["agreement"], table["all"]["score_change"], table["all"]["share_of_vanilla"]) == (
+        0.5,
+        0,
+        1,
+    )
+    check = holdout_check(scored, 0.5, 0.98)
+    assert (check["share_of_vanilla"], check["kept"], check["chunks"]) == (1.0, True, 4)
+
+
 @pytest.mark.slow
 def test_tune_on_tiny_synth_writes_a_recommendation_that_jobs_run_uses(tmp_path, capsys):
     from jobs.run import main as run_main
