@@ -79,13 +79,17 @@ class LALM:
         audio, bos, eos = adapter.token_ids(model.config)
         vocab = tokenizer.get_vocab()
         if getattr(adapter, "AUDIO_MARKERS", True):
-            # <|audio_bos|> AUDIO* <|audio_eos|>: marker ids from the config, else from the tokenizer
-            bos = bos if bos is not None else vocab.get(AUDIO_BOS)
-            eos = eos if eos is not None else vocab.get(AUDIO_EOS)
-            if vocab.get(AUDIO) != audio or bos is None or eos is None:
+            # <|audio_bos|> AUDIO* <|audio_eos|> (or the family's names): marker ids from the config, else from
+            # the tokenizer
+            bos_name, audio_name, eos_name = getattr(
+                adapter, "AUDIO_TOKEN_NAMES", (AUDIO_BOS, AUDIO, AUDIO_EOS)
+            )
+            bos = bos if bos is not None else vocab.get(bos_name)
+            eos = eos if eos is not None else vocab.get(eos_name)
+            if vocab.get(audio_name) != audio or bos is None or eos is None:
                 raise ValueError(
                     f"tokenizer and config disagree on audio token ids (config audio id {audio}, tokenizer "
-                    f"{vocab.get(AUDIO)}; bos {bos}, eos {eos})"
+                    f"{vocab.get(audio_name)}; bos {bos}, eos {eos})"
                 )
         else:
             # no markers around the placeholders: the prunable span is the one run of audio tokens
@@ -453,13 +457,16 @@ class LALM:
     def _exact_groups(self, audios) -> list[list[int]]:
         """Sample indices that may share a padded batch. Every family's encoder masks feature padding except
         those whose adapter says PADDED_BATCH_EXACT = False (Phi-4-multimodal's Conformer: a padded clip's
-        logits moved by up to 1e-2 in the stock model); their batches hold only clips of one length."""
-        if getattr(self.adapter, "PADDED_BATCH_EXACT", True):
+        logits moved by up to 1e-2 in the stock model); their batches hold only clips of one length. An adapter's
+        `batch_group(num_samples)` names finer groups (Qwen3-Omni: clips under 1 s by length, the rest together)."""
+        group = getattr(self.adapter, "batch_group", None)
+        if group is None and getattr(self.adapter, "PADDED_BATCH_EXACT", True):
             return [list(range(len(audios)))]
-        by_length: dict[int, list[int]] = {}
+        by_key: dict = {}
         for i, a in enumerate(audios):
-            by_length.setdefault(int(np.asarray(a).shape[-1]), []).append(i)
-        return list(by_length.values())
+            n = int(np.asarray(a).shape[-1])
+            by_key.setdefault(n if group is None else group(n), []).append(i)
+        return list(by_key.values())
 
     def token_counts(self, num_samples: int, prompt: str) -> tuple[int, int]:
         """(input tokens, audio tokens) a clip of `num_samples` 16 kHz samples with `prompt` becomes, without

@@ -15,7 +15,13 @@ __all__ = ["TINY_ALIASES", "adapter_for_model", "load_lalm", "model_window_s", "
 
 log = logging.getLogger("headrouter")
 
-TINY_ALIASES = ("tiny-random", "tiny-random-qwen2-audio", "tiny-random-phi4mm", "tiny-random-voxtral")
+TINY_ALIASES = (
+    "tiny-random",
+    "tiny-random-qwen2-audio",
+    "tiny-random-phi4mm",
+    "tiny-random-voxtral",
+    "tiny-random-qwen3-omni",
+)
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

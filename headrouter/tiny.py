@@ -28,6 +28,7 @@ __all__ = [
     "tiny_path",
     "tiny_phi4mm_config",
     "tiny_qwen2_audio_config",
+    "tiny_qwen3_omni_config",
     "tiny_thinker_config",
     "tiny_voxtral_config",
 ]
@@ -322,6 +323,86 @@ def tiny_voxtral_config(vocab_size: int, tokenizer, hidden_size: int = 32, num_l
     )
 
 
+QWEN3_OMNI_SPECIALS = (
+    "<|audio_start|>",
+    "<|audio_pad|>",
+    "<|audio_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+)
+
+
+def tiny_qwen3_omni_config(vocab_size: int, tokenizer, hidden_size: int = 32, num_layers: int = 4):
+    """A `Qwen3OmniMoeThinkerConfig` at toy size: Qwen3-MoE decoder (4 heads, 2 KV heads, head_dim 8, q/k norms,
+    interleaved mRoPE [1, 1, 2], 4 experts with 2 per token in every layer, as the real checkpoint has MoE in every
+    layer), AuT encoder (d_model 32, 2 layers, n_window 50 and n_window_infer 800 as the real one), one-block
+    vision tower. Special ids are the real tokenizer's names in the tiny vocabulary."""
+    from transformers import Qwen3OmniMoeThinkerConfig
+
+    ids = tokenizer.convert_tokens_to_ids
+    config = Qwen3OmniMoeThinkerConfig(
+        text_config={
+            "vocab_size": vocab_size,
+            "hidden_size": hidden_size,
+            "intermediate_size": 2 * hidden_size,
+            "moe_intermediate_size": hidden_size,
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "num_hidden_layers": num_layers,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 32768,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 1e6,
+                "mrope_section": [1, 1, 2],
+                "interleaved": True,
+                "mrope_interleaved": True,
+            },
+            "pad_token_id": ids(PAD),
+            "eos_token_id": ids(IM_END),
+            "tie_word_embeddings": False,
+        },
+        audio_config={
+            "num_mel_bins": 128,
+            "d_model": 32,
+            "encoder_layers": 2,
+            "encoder_attention_heads": 4,
+            "encoder_ffn_dim": 64,
+            "n_window": 50,
+            "n_window_infer": 800,
+            "downsample_hidden_size": 8,
+            "output_dim": hidden_size,
+            "max_source_positions": 1500,
+        },
+        vision_config={
+            "depth": 1,
+            "hidden_size": 16,
+            "intermediate_size": 16,
+            "num_heads": 2,
+            "out_hidden_size": hidden_size,
+            "patch_size": 2,
+            "temporal_patch_size": 2,
+            "deepstack_visual_indexes": [0],
+        },
+        audio_token_id=ids("<|audio_pad|>"),
+        audio_start_token_id=ids("<|audio_start|>"),
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        user_token_id=ids("user"),
+        position_id_per_seconds=13,
+    )
+    # read by get_rope_index / the real checkpoint's config, not declared fields of the thinker config class
+    config.audio_end_token_id = ids("<|audio_end|>")
+    config.vision_start_token_id = ids("<|vision_start|>")
+    config.vision_end_token_id = ids("<|vision_end|>")
+    config.pad_token_id = ids(PAD)
+    config.eos_token_id = ids(IM_END)
+    return config
+
+
 def _phi4mm_audio_init(model) -> None:
     """Make the tiny Conformer's output depend on the audio: PyTorch's default init for its convolutions and
     linears (transformers' std-0.02 init plus the random biases collapse every frame to the same vector) and
@@ -376,12 +457,14 @@ TINY_FAMILIES = {
     "tiny-random-qwen2-audio": "qwen2_audio",
     "tiny-random-phi4mm": "phi4_multimodal",
     "tiny-random-voxtral": "voxtral",
+    "tiny-random-qwen3-omni": "qwen3_omni",
 }
 _TOKENIZERS = {
     "qwen2_5_omni": ((), IM_END, None),
     "qwen2_audio": ((), IM_END, None),
     "phi4_multimodal": (PHI4MM_SPECIALS, "<|end|>", ENDOFTEXT),
     "voxtral": (VOXTRAL_SPECIALS, "</s>", "<s>"),
+    "qwen3_omni": (QWEN3_OMNI_SPECIALS, IM_END, None),
 }
 
 
@@ -390,7 +473,8 @@ def build_tiny_random(path: str | os.PathLike, family: str = "qwen2_5_omni", see
 
     `family`: "qwen2_5_omni" (`Qwen2_5OmniThinkerForConditionalGeneration`), "qwen2_audio"
     (`Qwen2AudioForConditionalGeneration`), "phi4_multimodal" (`Phi4MultimodalForCausalLM`, plus a random
-    `speech-lora/` adapter) or "voxtral" (`VoxtralForConditionalGeneration`). Weights come from
+    `speech-lora/` adapter), "voxtral" (`VoxtralForConditionalGeneration`) or "qwen3_omni"
+    (`Qwen3OmniMoeThinkerForConditionalGeneration`). Weights come from
     `torch.manual_seed(seed)`, so a rebuild is identical. The folder is written next to `path` and renamed into
     place, so readers never see half of it.
     """
@@ -411,6 +495,7 @@ def build_tiny_random(path: str | os.PathLike, family: str = "qwen2_5_omni", see
         "qwen2_audio": (tiny_qwen2_audio_config, "Qwen2AudioForConditionalGeneration"),
         "phi4_multimodal": (tiny_phi4mm_config, "Phi4MultimodalForCausalLM"),
         "voxtral": (tiny_voxtral_config, "VoxtralForConditionalGeneration"),
+        "qwen3_omni": (tiny_qwen3_omni_config, "Qwen3OmniMoeThinkerForConditionalGeneration"),
     }[family]
     config = config_fn(vocab_size, tokenizer)
     torch.manual_seed(seed)
@@ -421,6 +506,12 @@ def build_tiny_random(path: str | os.PathLike, family: str = "qwen2_5_omni", see
             if isinstance(module, torch.nn.Linear) and module.bias is not None:
                 module.bias.normal_(0.0, 0.1)
     extra = {}
+    if family == "qwen3_omni":
+        # the AuT encoder's conv biases start at zero too; real ones are not (and make batch padding visible)
+        with torch.no_grad():
+            for module in model.model.audio_tower.modules():
+                if isinstance(module, torch.nn.Conv2d):
+                    module.bias.normal_(0.0, 0.1)
     if family == "phi4_multimodal":
         _phi4mm_audio_init(model)
         # the stock decode step re-embeds audio whenever the new token is the audio id (and then fails):
@@ -441,7 +532,8 @@ def build_tiny_random(path: str | os.PathLike, family: str = "qwen2_5_omni", see
             Phi4MultimodalFeatureExtractor().save_pretrained(tmp)
             _phi4mm_speech_lora(model, tmp / "speech-lora")
         else:
-            make_feature_extractor(window_s=300.0 if family == "qwen2_5_omni" else 30.0).save_pretrained(tmp)
+            window = 300.0 if family in ("qwen2_5_omni", "qwen3_omni") else 30.0
+            make_feature_extractor(window_s=window).save_pretrained(tmp)
         if path.exists():
             shutil.rmtree(path)
         tmp.rename(path)

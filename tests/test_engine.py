@@ -99,8 +99,10 @@ def test_retain_one_is_exactly_the_stock_model(alias):
         out = lalm.generate([audio], [PROMPT], opts, max_new_tokens=4, min_new_tokens=4)[0]
         assert out.token_ids == stock_tokens, method
         assert out.kept_tokens == out.audio_tokens == audio_count(lalm, audio)
-    # 1.3 s: 130 mel frames -> 32 tokens (Qwen); 128 frames -> 16 (Phi-4); one 30-s chunk -> 375 (Voxtral)
-    assert audio_count(lalm, audio) == {"tiny-random-phi4mm": 16, "tiny-random-voxtral": 375}.get(alias, 32)
+    # 1.3 s: 130 mel frames -> 32 tokens (Qwen); 128 frames -> 16 (Phi-4); one 30-s chunk -> 375 (Voxtral);
+    # 130 frames -> 13 + 4 (Qwen3-Omni: 13 per 100-frame chunk, the 30-frame tail by three halvings)
+    expected = {"tiny-random-phi4mm": 16, "tiny-random-voxtral": 375, "tiny-random-qwen3-omni": 17}
+    assert audio_count(lalm, audio) == expected.get(alias, 32)
 
 
 @pytest.mark.parametrize("alias", FAMILIES)
@@ -157,11 +159,14 @@ def test_batch_of_four_equals_each_sample_alone_for_every_method(alias):
             assert out.kept_tokens == (out.audio_tokens if method == "vanilla" else out.audio_tokens // 2)
             if method in ("headrouter", "dart", "random"):
                 alone = lalm.generate([audios[i]], [prompts[i]], opts, max_new_tokens=3, min_new_tokens=3)[0]
-                assert (alone.token_ids, alone.kept_index, alone.routing) == (
-                    out.token_ids,
-                    out.kept_index,
-                    out.routing,
-                )
+                assert (alone.token_ids, alone.kept_index) == (out.token_ids, out.kept_index)
+                if alias == "tiny-random-qwen3-omni" and alone.routing is not None:
+                    # its batched encoder convolutions and masked SDPA round differently from a lone clip's
+                    # (hidden states ~1e-8 apart; the MoE rows are exact): routing equal up to float noise
+                    assert out.routing["alpha"] == pytest.approx(alone.routing["alpha"], rel=0, abs=1e-6)
+                    assert out.routing["spread"] == pytest.approx(alone.routing["spread"], rel=0, abs=1e-6)
+                else:
+                    assert alone.routing == out.routing
     routed = lalm.generate(audios, prompts, PruneOptions(retain=0.5), max_new_tokens=1)
     assert all(o.routing is not None and abs(sum(o.routing["alpha"]) - 1) < 1e-5 for o in routed)
     if alias != "tiny-random-voxtral":  # Voxtral: each clip is mostly the same zero padding of its 30-s chunk

@@ -70,3 +70,50 @@ def test_voxtral_pads_to_whole_30_second_chunks():
     assert out.audio_tokens == 750
     with pytest.raises(AudioInputError, match="longer than the model window of 1800 s"):
         lalm.prepare(np.zeros(1800 * 16000 + 1, np.float32), PROMPT)
+
+
+def test_qwen3_omni_tokens_prompt_window_and_batch_groups():
+    from headrouter.adapters import qwen3_omni
+
+    lalm = tiny("tiny-random-qwen3-omni")
+    assert lalm.window_s == 1800.0
+    # 13 tokens per 100-frame chunk, the tail by three halvings: the stock processor's formula
+    from transformers.models.qwen3_omni_moe.processing_qwen3_omni_moe import _get_feat_extract_output_lengths
+
+    for frames in (4, 75, 99, 100, 101, 130, 199, 200, 1234, 180000):
+        stock = int(_get_feat_extract_output_lengths(torch.tensor(frames), 50))
+        assert qwen3_omni.audio_token_count(frames) == stock, frames
+    inputs = lalm.prepare(clip(2.0), PROMPT)
+    assert int((inputs["input_ids"] == lalm.token_ids.audio).sum()) == 26
+    text = lalm.tokenizer.decode(inputs["input_ids"][0])
+    assert text.startswith("<|im_start|> user <|audio_start|> <|audio_pad|>")
+    assert text.endswith("<|audio_end|> transcribe the audio . <|im_end|> <|im_start|> assistant")
+    # clips of 1 s or more share a padded batch; shorter ones only with clips of their own length
+    groups = lalm._exact_groups([clip(1.0), clip(0.5), clip(7.0), clip(0.5, 1), clip(0.3)])
+    assert groups == [[0, 2], [1, 3], [4]]
+    with pytest.raises(AudioInputError, match="longer than the model window of 1800 s"):
+        lalm.prepare(np.zeros(1800 * 16000 + 1, np.float32), PROMPT)
+    with pytest.raises(ValueError, match="skip_silence='energy'.*not qwen3_omni"):
+        lalm.generate([clip(1.0)], [PROMPT], PruneOptions(skip_silence="energy"), max_new_tokens=1)
+
+
+def test_qwen3_omni_encoder_pads_sub_second_clips_and_moe_routes_per_token():
+    lalm = tiny("tiny-random-qwen3-omni")
+    thinker = lalm.model.model
+
+    def encoded(audios):
+        batch = lalm.prepare_batch(audios, [PROMPT] * len(audios))
+        with torch.inference_mode():
+            return thinker.get_audio_features(batch["input_features"], batch["feature_attention_mask"])[0]
+
+    short, long = encoded([clip(0.5)]), encoded([clip(1.37)])  # [7, D], [18, D]
+    mixed = encoded([clip(2.3, 1), clip(0.5), clip(1.37)])
+    assert (mixed[-25:-18] - short).abs().max() > 1e-6  # why batch_group keeps sub-second clips apart
+    assert torch.equal(mixed[-18:], long)
+    # the sparse MoE block: each token's output is a function of that token alone (no capacity, no batch term)
+    moe = lalm.layers[1].mlp
+    x = torch.randn(1, 40, moe.gate.hidden_dim)
+    with torch.inference_mode():
+        full = moe(x)
+        part = moe(x[:, 7:19])
+    torch.testing.assert_close(full[:, 7:19], part, atol=1e-6, rtol=0)

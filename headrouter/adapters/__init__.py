@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from headrouter.adapters import phi4_multimodal, qwen2_5_omni, qwen2_audio, voxtral
+from headrouter.adapters import phi4_multimodal, qwen2_5_omni, qwen2_audio, qwen3_omni, voxtral
 
 __all__ = ["FAMILIES", "adapter_for"]
 
-FAMILIES = (qwen2_5_omni, qwen2_audio, phi4_multimodal, voxtral)
+FAMILIES = (qwen2_5_omni, qwen2_audio, phi4_multimodal, voxtral, qwen3_omni)
 
 
 def adapter_for(config: dict):
