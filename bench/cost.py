@@ -175,7 +175,14 @@ def format_dry_run(plan, gpu_key: str = "h100", tokens_per_audio_s: float = 3.0)
         mean_chunk = plan.audio_s / plan.chunks
         for shape in SHAPES.values():
             best = throughput(
-                shape, gpu, mean_chunk, retain, 256, tokens_per_audio_s, plan.layer, plan.max_new_tokens
+                shape,
+                gpu,
+                mean_chunk,
+                retain,
+                min(256, plan.chunks),
+                tokens_per_audio_s,
+                plan.layer,
+                plan.max_new_tokens,
             )
             one = throughput(
                 shape, gpu, mean_chunk, retain, 1, tokens_per_audio_s, plan.layer, plan.max_new_tokens

@@ -56,7 +56,7 @@ def test_dry_run_lists_durations_from_headers_and_writes_nothing(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "audio hours      0.003" in done.stdout and "1 without a readable duration" in done.stdout
-    assert "Qwen2.5-Omni-3B" in done.stdout and "GPU-hours" in done.stdout
+    assert "Qwen2.5-Omni-3B" in done.stdout and "GPU-hours at batch 2 (" in done.stdout  # 2 chunks: batch 2
     assert not out.exists()
     bad = subprocess.run(
         [sys.executable, "-m", "jobs.run", "--input", str(folder), "--output", str(out), "--dry-run", "--gpu", "x"],
