@@ -64,10 +64,12 @@ def relation_table(rows: list[dict], seed: int = 0) -> list[dict]:
 def holdout_check(
     rows: list[dict], retain: float, target: float, resamples: int = 2000, seed: int = 0
 ) -> dict:
-    """Score at `retain` as a share of vanilla's on a separate split, with a paired bootstrap 95% interval."""
+    """Score at `retain` as a share of vanilla's on a separate split, with a paired bootstrap 95% interval.
+
+    Retain 1.0 keeps every token and reproduces vanilla exactly (tests/test_hooks.py): its rows are vanilla's."""
     vanilla = {r["id"]: r["score"] for r in rows if r["method"] == "vanilla"}
-    pairs = [(r["score"], vanilla[r["id"]]) for r in rows if r["method"] != "vanilla" and r["retain"] == retain
-             and r["id"] in vanilla]  # fmt: skip
+    pruned = [r for r in rows if r["retain"] == retain and (r["method"] != "vanilla" or retain == 1.0)]
+    pairs = [(r["score"], vanilla[r["id"]]) for r in pruned if r["id"] in vanilla]
     p = np.asarray(pairs, dtype=np.float64)  # [n, 2]: pruned, vanilla
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(p), size=(resamples, len(p)))  # [resamples, n]
@@ -79,7 +81,7 @@ def holdout_check(
                 kept=share >= target)  # fmt: skip
 
 
-def markdown(relation: list[dict], holdout: dict | None) -> str:
+def markdown(relation: list[dict], holdouts: list[dict]) -> str:
     lines = [
         "| retain | family | chunks | agreement (95% CI) | 1 - agreement | score change | score, % of vanilla |",
         "|---|---|---|---|---|---|---|",
@@ -90,13 +92,15 @@ def markdown(relation: list[dict], holdout: dict | None) -> str:
             f"{r['agreement_high']:.3f}) | {r['disagreement']:.3f} | {r['score_change']:+.3f} | "
             f"{100 * r['share_of_vanilla']:.1f}% |"
         )
-    if holdout:
-        h = holdout
+    if holdouts:
         lines += [
             "",
-            f"Separate split, recommended retain {h['retain']:g}: score {h['pruned_score']:.3f} vs vanilla "
-            f"{h['vanilla_score']:.3f} = {100 * h['share_of_vanilla']:.1f}% of vanilla (95% CI "
-            f"{100 * h['low']:.1f}-{100 * h['high']:.1f}%, {h['chunks']} clips); target "
-            f"{100 * h['target']:.0f}%: {'kept' if h['kept'] else 'NOT kept'}.",
+            "| target | recommended retain | score on the separate split, % of vanilla (95% CI) | clips | kept >= target |",
+            "|---|---|---|---|---|",
         ]
+        for h in holdouts:
+            lines.append(
+                f"| {h['target']:g} | {h['retain']:g} | {100 * h['share_of_vanilla']:.1f}% ({100 * h['low']:.1f}-"
+                f"{100 * h['high']:.1f}%) | {h['chunks']} | {'yes' if h['kept'] else 'no'} |"
+            )
     return "\n".join(lines) + "\n"
