@@ -52,6 +52,7 @@ def chunk_row(i, task="asr", status="ok", error="", length_s=6.0):
         kv_bytes_full=150_000,
         kv_bytes_kept=90_000,
         shadow_agreement=1.0 if i % 3 else 0.75,  # every chunk shadowed
+        skipped_s=2.0,  # an empty 2-s window skipped before the encoder (Ray counts only non-zero increments)
     )
 
 
