@@ -276,9 +276,9 @@ def render_batch(res: dict) -> str:
     parts = [f"\n## Batched generation\n\nModel: {b['model']}, {b['threads']} torch thread(s). Every sample decodes "
              "the same number of tokens. 'same' compares each batch's tokens with batch 1's.\n\n"]  # fmt: skip
     parts.append(
-        "| chunk s | method | batch | chunks/s | decode tok/s | vs batch 1 | KV of the largest call MiB | same |\n"
+        "| chunk s | method | batch | chunks/s | audio s/s | decode tok/s | vs batch 1 | KV of the largest call MiB "
+        "| peak MiB | same |\n|---|---|---|---|---|---|---|---|---|---|\n"
     )
-    parts.append("|---|---|---|---|---|---|---|---|\n")
     for r in b["engine"]:
         ratio = _ratio(b["engine"], r["chunk_s"], r["method"], r["batch"], "decode_tokens_per_s")
         parts.append(
