@@ -153,3 +153,15 @@ def test_token_counts_match_the_prepared_inputs():
         ids = lalm.prepare(audio, "summarize")["input_ids"]
         assert total == ids.shape[1] and audio_tokens == int((ids == lalm.token_ids.audio).sum())
     assert np.isfinite(total)
+
+
+def test_out_of_memory_in_the_shadow_call_splits_it_too():
+    rows = _segments([1.0, 2.5, 0.7, 1.9])
+    worker = _worker(batch_size=8, shadow_fraction=1.0)
+    handle = _oom_above(worker, 2)
+    try:
+        got = worker(pa.Table.from_pylist(rows, schema=SEGMENT_SCHEMA)).to_pylist()
+    finally:
+        handle.remove()
+    assert [r["status"] for r in got] == ["ok"] * 4
+    assert all(r["shadow_agreement"] is not None and r["shadow_text"] is not None for r in got)

@@ -127,7 +127,6 @@ class InferenceWorker:
         """
         if self.opts.shadow_fraction <= 0 or self.prune.method == "vanilla":
             return
-        from quality.agreement import agreement
         from workers.shadow import shadowed
 
         picked = [
@@ -143,21 +142,34 @@ class InferenceWorker:
         budget = self.opts.max_batch_tokens if self._kv_cost is not None else None
         costs = self._costs([rows[j] for j in picked], [prompts[j] for j in picked], self._vanilla)
         for group in plan_batches(costs, len(picked), budget):
-            call = [picked[g] for g in group]
-            audios = [np.frombuffer(rows[j]["audio"], dtype="<f4") for j in call]
-            try:
-                outs = self._call(audios, [prompts[j] for j in call], self._vanilla)
-            except Exception as e:
-                _free_accelerator_memory()
+            self._shadow_call(rows, prompts, results, [picked[g] for g in group])
+
+    def _shadow_call(
+        self, rows: list[dict], prompts: list[str], results: list[dict], call: list[int]
+    ) -> None:
+        """One unpruned call for the rows `call`; out of memory splits it in halves like the pruned calls."""
+        from quality.agreement import agreement
+
+        audios = [np.frombuffer(rows[j]["audio"], dtype="<f4") for j in call]
+        try:
+            outs = self._call(audios, [prompts[j] for j in call], self._vanilla)
+        except Exception as e:
+            _free_accelerator_memory()
+            if _out_of_memory(e) and len(call) > 1:
+                half = len(call) // 2
+                log.warning("out of memory on a shadow call of %d chunks: splitting", len(call))
+                self._shadow_call(rows, prompts, results, call[:half])
+                self._shadow_call(rows, prompts, results, call[half:])
+            else:
                 log.warning("shadow run of %d chunks failed (pruned results kept): %s", len(call), e)
-                continue
-            for j, gen in zip(call, outs):
-                res = results[j]
-                res.update(
-                    shadow_text=gen.text,
-                    shadow_agreement=agreement(str(res.get("task")), res.get("text"), gen.text),
-                    shadow_s=float(gen.prefill_s) + float(gen.decode_s),
-                )
+            return
+        for j, gen in zip(call, outs):
+            res = results[j]
+            res.update(
+                shadow_text=gen.text,
+                shadow_agreement=agreement(str(res.get("task")), res.get("text"), gen.text),
+                shadow_s=float(gen.prefill_s) + float(gen.decode_s),
+            )
 
     def _costs(self, rows: list[dict], prompts: list[str], prune=None) -> list[float]:
         """KV tokens of each chunk (workers.batching.KVCost); the audio length when the model cannot count."""
