@@ -53,16 +53,14 @@ class LALMShape:
     name: str
     text: TextShape
     encoder: EncoderShape
-    tied_embeddings: bool  # lm_head shares the embedding matrix (read once per decode step either way)
 
 
 SHAPES = {
-    "qwen2.5-omni-3b": LALMShape("Qwen2.5-Omni-3B", OMNI_3B_TEXT, AUDIO_ENCODER_OMNI, True),
+    "qwen2.5-omni-3b": LALMShape("Qwen2.5-Omni-3B", OMNI_3B_TEXT, AUDIO_ENCODER_OMNI),
     "qwen2.5-omni-7b": LALMShape(
         "Qwen2.5-Omni-7B",
         OMNI_7B_TEXT,
         EncoderShape(d_model=1280, layers=32, ffn=5120, output_dim=3584),
-        False,
     ),
 }
 
@@ -70,8 +68,9 @@ BF16 = 2  # bytes per parameter and per cached value
 PROMPT_TOKENS = 40  # chat template + instruction around the audio span
 
 
-def text_params(s: TextShape, tied: bool) -> int:
-    """Decoder parameters read by one decode step: layers + final norm + lm_head (embedding lookup excluded)."""
+def text_params(s: TextShape) -> int:
+    """Decoder parameters read by one decode step: layers + lm_head (the embedding lookup reads one row; tied or
+    not, the lm_head matrix is read once per step)."""
     q, kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
     per_layer = s.hidden * q + 2 * s.hidden * kv + q * s.hidden + 3 * s.hidden * s.intermediate
     return s.layers * per_layer + s.hidden * s.vocab
@@ -108,7 +107,8 @@ def throughput(
     def kv(extra: float) -> float:  # one sequence's cache with `extra` generated tokens
         return per_token * (layer * (full + extra) + (s.layers - layer) * (kept + extra))
 
-    weights = text_params(s, shape.tied_embeddings) * BF16
+    params = text_params(s)
+    weights = params * BF16
     max_batch = max(0, int((gpu.memory * memory_fraction - weights) // kv(decode)))
     b = min(batch, max_batch)
     if b < 1:
@@ -119,7 +119,7 @@ def throughput(
     step_bytes = weights + b * kv(decode / 2)
     step_s = max(
         step_bytes / (gpu.bandwidth * decode_efficiency),
-        2 * text_params(s, shape.tied_embeddings) * b / (gpu.bf16_flops * prefill_mfu),
+        2 * params * b / (gpu.bf16_flops * prefill_mfu),
     )
     batch_s = b * prefill_s + decode * step_s
     return {

@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.prefill import status_kib
+
 __all__ = ["decode_memory", "make_audio", "pipeline_throughput", "stage_rtf"]
 
 log = logging.getLogger("bench")
@@ -126,12 +128,12 @@ def _memory_child(path: str, window_s: float) -> dict:
     gc.collect()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM: measure the stage, not the imports
-    base = _status_kib("VmRSS")
+    base = status_kib("VmRSS")
     rows = audio_s = 0
     errors, trace = [], []
     for table in decode_and_chunk(batch, window_s, DecodeLimits(), None):  # the pipeline's CPU stage itself
         row = table.to_pylist()[0]
-        trace.append(_status_kib("VmRSS") // 1024)  # MiB resident after each chunk: flat, or growing?
+        trace.append(status_kib("VmRSS") // 1024)  # MiB resident after each chunk: flat, or growing?
         rows += 1
         audio_s += row["end_s"] - row["start_s"]
         if row["status"] != "ok":
@@ -141,7 +143,7 @@ def _memory_child(path: str, window_s: float) -> dict:
         "audio_s": audio_s,
         "errors": errors,
         "rss_before_bytes": base * 1024,
-        "peak_rss_bytes": _status_kib("VmHWM") * 1024,
+        "peak_rss_bytes": status_kib("VmHWM") * 1024,
         "rss_after_chunk_mib": trace,
     }
 
@@ -321,14 +323,6 @@ def pipeline_throughput(
 
 
 # ---- subprocess plumbing -------------------------------------------------------------------------------------
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
 _CHILDREN = {"stage": _stage_child, "memory": _memory_child, "alone": _model_alone}
 
 

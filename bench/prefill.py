@@ -241,7 +241,7 @@ class BenchModel:
 
 
 # ---- peak memory of one prefill, in a fresh process ----------------------------------------------------
-def _status_kib(field: str) -> int:
+def status_kib(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -271,9 +271,9 @@ def measure_peak(shape: Shape, audio_tokens: int, method: str, retain: float, la
     bench.inputs(audio_tokens)
     gc.collect()
     reset = _reset_peak_rss()
-    base = _status_kib("VmRSS") * 1024
+    base = status_kib("VmRSS") * 1024
     r = bench.prefill(audio_tokens, method, retain)
-    peak = _status_kib("VmHWM") * 1024
+    peak = status_kib("VmHWM") * 1024
     return {
         "kind": "cpu_peak_rss" if reset else "cpu_peak_rss_incl_build",
         "before_bytes": base,

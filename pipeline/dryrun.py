@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 from pipeline.options import RunOptions
-from pipeline.sources import fs_path, is_s3, list_sources, make_filesystem
+from pipeline.sources import fs_path, is_s3, list_sources, make_filesystem, source_filesystem
 
 __all__ = ["ArchivePlan", "plan_archive"]
 
@@ -79,7 +79,7 @@ def plan_archive(opts: RunOptions) -> ArchivePlan:
 def _duration(uri: str, s3_endpoint: str | None) -> float | None:
     import soundfile as sf
 
-    fs = make_filesystem(uri, s3_endpoint)
+    fs = source_filesystem(is_s3(uri), s3_endpoint)
     try:
         with fs.open_input_file(fs_path(uri)) as f:
             info = sf.info(f)

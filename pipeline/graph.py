@@ -6,7 +6,6 @@ driver pulls finished rows with `iter_batches` and commits them (pipeline.sink).
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Iterator
 
@@ -16,7 +15,7 @@ import pyarrow as pa
 from pipeline.chunking import chunk_stream
 from pipeline.decode import SAMPLE_RATE, DecodeError, DecodeLimits, decode_stream
 from pipeline.options import RunOptions
-from pipeline.sources import Source, fs_path, make_filesystem
+from pipeline.sources import Source, fs_path, source_filesystem
 
 # Rows between the decode stage and the inference actors: one per chunk, audio as float32 bytes.
 SEGMENT_SCHEMA = pa.schema(
@@ -42,11 +41,6 @@ SEGMENT_SCHEMA = pa.schema(
 SILENCE_PEAK = 1e-4  # about -80 dBFS: digital silence, not a quiet room
 
 
-@functools.lru_cache(maxsize=4)
-def _filesystem(s3: bool, endpoint: str | None):
-    return make_filesystem("s3://x" if s3 else "/", endpoint)
-
-
 def decode_and_chunk(
     batch: pa.Table, window_s: float, limits: DecodeLimits, s3_endpoint: str | None
 ) -> Iterator[pa.Table]:
@@ -63,7 +57,7 @@ def _source_segments(src: dict, window_s: float, limits: DecodeLimits, s3_endpoi
         if src.get("error"):
             raise DecodeError(*src["error"].split(": ", 1))
         uri = src["uri"]
-        fs = _filesystem(uri.startswith("s3://"), s3_endpoint)
+        fs = source_filesystem(uri.startswith("s3://"), s3_endpoint)
         for chunk in chunk_stream(decode_stream(fs, fs_path(uri), limits), window_s):
             row = dict(
                 base,

@@ -7,6 +7,7 @@ Credentials come from the standard AWS chain (environment, config files, instanc
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -64,6 +65,12 @@ def make_filesystem(uri: str, s3_endpoint: str | None = None) -> pafs.FileSystem
             scheme, host = "https", endpoint
         kwargs.update(endpoint_override=host.rstrip("/"), scheme=scheme)
     return pafs.S3FileSystem(**kwargs)
+
+
+@functools.lru_cache(maxsize=4)
+def source_filesystem(s3: bool, s3_endpoint: str | None = None) -> pafs.FileSystem:
+    """One filesystem per kind (local or S3 at `s3_endpoint`) for reading many sources, made once per process."""
+    return make_filesystem("s3://x" if s3 else "/", s3_endpoint)
 
 
 def fs_path(uri: str) -> str:

@@ -19,7 +19,7 @@ REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 def test_decode_reads_the_3b_weights_and_a_kv_cache_of_36_kb_per_token():
     # 36 layers x (q 2048x2048 + k, v 2048x256 + o 2048x2048 + MLP 3 x 2048x11008) + lm_head 2048 x 151936
     per_layer = 2048 * 2048 * 2 + 2 * 2048 * 256 + 3 * 2048 * 11008
-    assert text_params(OMNI_3B_TEXT, True) == 36 * per_layer + 2048 * 151936  # ~3.09e9: ~6.2 GB in bf16
+    assert text_params(OMNI_3B_TEXT) == 36 * per_layer + 2048 * 151936  # ~3.09e9: ~6.2 GB in bf16
     assert kv_bytes_per_token(OMNI_3B_TEXT) * 36 == 36 * 1024  # 2 KV heads x 128 x (k, v) x 2 bytes per layer
 
 
@@ -30,7 +30,7 @@ def test_batching_and_pruning_raise_throughput_the_way_the_roofline_says():
     pruned = throughput(shape, gpu, 300, 0.4, 64)
     assert one["decode_tokens"] == 900 and one["batch"] == 1
     # batch 1: one step reads ~6.2 GB of weights plus one cache, at 70% of 3.35 TB/s
-    weights = text_params(OMNI_3B_TEXT, True) * 2
+    weights = text_params(OMNI_3B_TEXT) * 2
     assert one["step_ms"] > weights / (3.35e12 * 0.7) * 1e3
     assert many["audio_hours_per_gpu_hour"] > 5 * one["audio_hours_per_gpu_hour"]
     assert pruned["audio_hours_per_gpu_hour"] > 1.5 * many["audio_hours_per_gpu_hour"]
