@@ -430,6 +430,19 @@ class LALM:
         audios, prompts = (list(audio), list(prompt)) if batched else ([audio], [prompt])
         categories = category if batched else [category]
         options = options if options is not None else PruneOptions(method="vanilla")
+        groups = self._exact_groups(audios)
+        if len(groups) > 1:  # as in generate: an encoder that padding changes gets one batch per clip length
+            parts = {}
+            for group in groups:
+                cats = None if categories is None else [categories[i] for i in group]
+                logits, records = self.prefill_logits(
+                    [audios[i] for i in group], [prompts[i] for i in group], options, cats
+                )
+                for j, i in enumerate(group):
+                    parts[i] = (logits[j], None if records is None else records[j])
+            rows = [parts[i] for i in range(len(audios))]
+            records = None if rows[0][1] is None else [r for _, r in rows]
+            return self._torch.stack([x for x, _ in rows]), records
         router = self.check_options(options)
         batch = self.prepare_batch(audios, prompts)
         if options.skip_silence != "off":

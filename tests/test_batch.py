@@ -184,3 +184,17 @@ def test_prefill_logits_of_a_batch_equal_each_alone():
             alone, rec = lalm.prefill_logits(audios[i], prompts[i], opts)
             assert torch.equal(rec.keep, records[i].keep)
             torch.testing.assert_close(logits[i], alone, atol=1e-4, rtol=0)
+
+
+def test_phi4_batches_group_clip_lengths_so_padding_never_reaches_its_encoder():
+    lalm = tiny("tiny-random-phi4mm")  # PADDED_BATCH_EXACT = False: its stock encoder is not padding-exact
+    audios = [clip(0.5, 0), clip(1.7, 1), clip(0.5, 2), clip(2.3, 3)]
+    prompts = PROMPTS
+    assert lalm._exact_groups(audios) == [[0, 2], [1], [3]]
+    for method in ("vanilla", "headrouter"):
+        opts = PruneOptions(method=method, retain=0.5)
+        logits, records = lalm.prefill_logits(audios, prompts, opts)
+        for i in range(4):
+            alone, rec = lalm.prefill_logits(audios[i], prompts[i], opts)
+            torch.testing.assert_close(logits[i], alone, atol=1e-5, rtol=0)
+            assert rec is None or torch.equal(rec.keep, records[i].keep)
