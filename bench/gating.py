@@ -44,10 +44,10 @@ def _model(hidden: int, layers: int):
     from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
     from bench.prefill import scaled_3b_shape
-    from headrouter.adapters import qwen2_5_omni
-    from headrouter.audio import make_feature_extractor
     from headrouter.engine import LALM
-    from headrouter.tiny import build_word_tokenizer, tiny_thinker_config
+    from headrouter.engine.adapters import qwen2_5_omni
+    from headrouter.engine.audio import make_feature_extractor
+    from headrouter.engine.tiny import build_word_tokenizer, tiny_thinker_config
 
     torch.manual_seed(0)
     tok = build_word_tokenizer()
@@ -78,7 +78,7 @@ def _flop_ratio(text, encoder, seconds: float, empty_s: float) -> dict:
 def gating_rows(seconds: float, hidden: int, layers: int, rounds: int) -> dict:
     """Measured prefill (encoder included) gated vs not per empty fraction, and the FLOP ratios."""
     from headrouter import PruneOptions
-    from headrouter.gating import detect_empty
+    from headrouter.engine.gating import detect_empty
 
     lalm, text, encoder = _model(hidden, layers)
     off = PruneOptions(method="vanilla", skip_silence="off")

@@ -52,8 +52,8 @@ def save_bench_model(path: Path, hidden: int = 256, layers: int = 12, seed: int 
     from transformers import GenerationConfig, Qwen2_5OmniThinkerForConditionalGeneration
 
     from bench.prefill import scaled_3b_shape, thinker_config
-    from headrouter.audio import make_feature_extractor
-    from headrouter.tiny import build_word_tokenizer, special_token_ids
+    from headrouter.engine.audio import make_feature_extractor
+    from headrouter.engine.tiny import build_word_tokenizer, special_token_ids
 
     if (path / "config.json").exists():
         return path
@@ -79,7 +79,7 @@ def _stage_child(path: str, window_s: float) -> dict:
     import numpy as np
     from pyarrow import fs as pafs
 
-    from headrouter.audio import featurize, make_feature_extractor
+    from headrouter.engine.audio import featurize, make_feature_extractor
     from pipeline.chunking import chunk_stream
     from pipeline.decode import SAMPLE_RATE, decode_stream
 
@@ -168,8 +168,8 @@ def _model_alone(folder: Path, model: str, method: str, retain: float, batch_siz
     from pyarrow import fs as pafs
 
     from headrouter import PruneOptions, load_lalm
-    from headrouter.loading import model_window_s
-    from headrouter.prompt import ASR_PROMPT
+    from headrouter.engine.loading import model_window_s
+    from headrouter.engine.prompt import ASR_PROMPT
     from pipeline.chunking import chunk_stream
     from pipeline.decode import SAMPLE_RATE, decode_stream
 

@@ -1,7 +1,7 @@
 """Prefill benchmark harness: a Qwen2.5-Omni thinker of the 3B shape with dummy weights, pruned by the engine's hooks.
 
 The model is the stock `Qwen2_5OmniThinkerForConditionalGeneration` built from a config, wrapped in the engine's
-`LALM`, and pruned through `LALM.check_options` / `LALM.prune_hooks` (headrouter.hooks.apply_pruning): the
+`LALM`, and pruned through `LALM.check_options` / `LALM.prune_hooks` (headrouter.engine.hooks.apply_pruning): the
 product's code path. Two benchmark-side hooks stand in for what a real input would bring:
 - the `<|AUDIO|>` rows of the token embeddings are replaced by fixed random vectors (fake audio-encoder outputs,
   so the scorers see distinct tokens); the audio encoder itself is costed analytically (bench.flops);
@@ -80,7 +80,7 @@ def full_3b_shape(device: str = "cuda", dtype: str = "bfloat16") -> Shape:
 
 def thinker_config(t: TextShape, tokenizer, vocab: int):
     """A Qwen2.5-Omni thinker config with the text shape `t` (the benchmark's model, prefill and pipeline)."""
-    from headrouter.tiny import tiny_thinker_config
+    from headrouter.engine.tiny import tiny_thinker_config
 
     return tiny_thinker_config(
         vocab,
@@ -100,10 +100,10 @@ class BenchModel:
         import torch
         from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
-        from headrouter.adapters import qwen2_5_omni
-        from headrouter.audio import make_feature_extractor
         from headrouter.engine import LALM
-        from headrouter.tiny import build_word_tokenizer
+        from headrouter.engine.adapters import qwen2_5_omni
+        from headrouter.engine.audio import make_feature_extractor
+        from headrouter.engine.tiny import build_word_tokenizer
 
         torch.manual_seed(seed)
         tok = build_word_tokenizer()
@@ -162,7 +162,7 @@ class BenchModel:
     def inputs(self, audio_tokens: int) -> dict:
         """input_ids [1, T] of the prompt template with `audio_tokens` placeholders, and its attention mask."""
         if audio_tokens not in self._inputs:
-            from headrouter.prompt import render_prompt
+            from headrouter.engine.prompt import render_prompt
 
             text = render_prompt(PROMPT, audio_tokens)
             ids = self.lalm.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
@@ -174,7 +174,7 @@ class BenchModel:
         """One prefill: {"seconds", "cpu_s" (process CPU time), "prune_s" (time inside the pruning hook at
         layer M), "early_s"/"late_s" (decoder layers < M / >= M), the same three as "*_cpu_s", "seq_len",
         "kept_len", "audio_tokens", "kept_audio", "kv_bytes_full", "kv_bytes_kept"}."""
-        from headrouter.kv import kv_bytes
+        from headrouter.engine.kv import kv_bytes
         from headrouter.options import PruneOptions
 
         torch = self.torch

@@ -145,7 +145,7 @@ def trunk_pass(lalm, inputs: dict, answer_ids: list[int], options) -> Trunk:
     import torch
 
     from headrouter.attention import project_qk
-    from headrouter.hooks import audio_spans
+    from headrouter.engine.hooks import audio_spans
 
     m = options.layer
     prompt = inputs["input_ids"]  # [1, Tp]
@@ -254,7 +254,7 @@ def answer_nll(lalm, trunk: Trunk, routers: list, retain: float, m: int, batch: 
 def _load_rows(manifest: Path, seed: int, per_category: int) -> dict[str, list[dict]]:
     import soundfile as sf
 
-    from headrouter.prompt import task_prompt
+    from headrouter.engine.prompt import task_prompt
 
     rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
     order = np.random.default_rng(seed).permutation(len(rows))
@@ -281,8 +281,8 @@ def calibrate(opts: CalibrateOptions):
     import torch
 
     from headrouter import Profiles, PruneOptions, load_lalm
+    from headrouter.engine.prompt import IM_END
     from headrouter.learned import fit_router
-    from headrouter.prompt import IM_END
     from headrouter.routing import probe_distribution, selectivity, selectivity_spread
 
     torch.manual_seed(opts.seed)

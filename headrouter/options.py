@@ -25,7 +25,7 @@ PROBE_INPUTS = ("normed", "hidden")
 # Text tokens forming the probe's query set: the instruction after the audio span (<|audio_eos|> excluded,
 # through the assistant header), or every token outside the audio span (system prompt and user header too).
 QUERY_TOKENS = ("after_audio", "all_text")
-# Detectors of empty encoder windows (headrouter.gating): none, an energy gate relative to the chunk, Silero VAD.
+# Detectors of empty encoder windows (headrouter.engine.gating): none, an energy gate relative to the chunk, Silero VAD.
 SKIP_SILENCE = ("off", "energy", "vad")
 
 # The Frame pre-filter's intermediate budget: HeadRouter scores min(Na, ceil(2.0 * k)) evenly spaced
@@ -55,7 +55,7 @@ class PruneOptions:
     prune_audio_markers: False (default) keeps <|audio_bos|>/<|audio_eos|> and prunes only <|AUDIO|> tokens;
     True lets the markers be pruned like AudioMarathon does (the prunable span is then N + 2 tokens).
     seed: seed of the "random" method.
-    skip_silence: "off" (default), "energy" or "vad" (`headrouter.gating`): remove empty 2-s encoder windows
+    skip_silence: "off" (default), "energy" or "vad" (`headrouter.engine.gating`): remove empty 2-s encoder windows
     before the audio encoder (Qwen2.5-Omni only), kept tokens keeping their original positions; `retain` then
     counts against the remaining audio tokens. A clip with every window empty comes back `silent`.
     override_profile_settings: use profiles calibrated under another layer / probe input / query tokens /

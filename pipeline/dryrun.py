@@ -47,8 +47,8 @@ class ArchivePlan:
 def plan_archive(opts: RunOptions) -> ArchivePlan:
     """List `opts.input` and read each source's duration from its header; chunks are cut at the model's window
     (or --window-s), the way the pipeline cuts them (quiet points move a cut by at most a few seconds)."""
-    from headrouter.audio import HOP_LENGTH, SAMPLE_RATE, tokens_from_frames
-    from headrouter.loading import adapter_for_model
+    from headrouter.engine.audio import HOP_LENGTH, SAMPLE_RATE, tokens_from_frames
+    from headrouter.engine.loading import adapter_for_model
 
     adapter = adapter_for_model(opts.model, opts.s3_endpoint)
     window = min(float(adapter.WINDOW_S), opts.window_s or math.inf)

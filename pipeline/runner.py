@@ -60,7 +60,7 @@ def run_job(opts: RunOptions, commit_every_s: float = 10.0, on_start=None, obser
     sink = ResultSink(out_fs, root, run_id, attempt_id, commit_every_s=commit_every_s)
     missing: list[str] = []
     if todo:
-        from headrouter.loading import model_window_s  # no weights loaded; imports torch
+        from headrouter.engine.loading import model_window_s  # no weights loaded; imports torch
 
         window_s = min(opts.window_s or 1e9, model_window_s(opts.model, opts.s3_endpoint))
         started_ray = _ensure_ray(opts)
@@ -99,7 +99,7 @@ def _check_model(model: str) -> None:
     """Fail fast on a model name no actor could load (S3 models are checked by the actors: no download here)."""
     if model.startswith("s3://"):
         return
-    from headrouter.loading import resolve_model
+    from headrouter.engine.loading import resolve_model
 
     try:
         resolve_model(model)

@@ -63,7 +63,7 @@ class TuneResult:
 
 def run_tune(opts: TuneOptions) -> TuneResult:
     """Sample, run every setting, compare with vanilla, write the JSON files and chunks.parquet under the output."""
-    from headrouter.loading import model_window_s
+    from headrouter.engine.loading import model_window_s
     from pipeline.runner import _check_model, _ensure_ray
     from pipeline.sink import write_json_atomic, write_table_atomic
     from pipeline.sources import fs_path, list_sources, make_filesystem

@@ -1,6 +1,6 @@
 """Data side of tiny-synth training: vocabulary, cached mel features, tokenised examples, padded batches.
 
-An example is the engine's exact prompt (headrouter.prompt.render_prompt with the clip's audio-token count)
+An example is the engine's exact prompt (headrouter.engine.prompt.render_prompt with the clip's audio-token count)
 followed by the answer words and `<|im_end|>`; only the answer and `<|im_end|>` carry loss.
 """
 
@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from headrouter.audio import check_audio, featurize, make_feature_extractor, tokens_from_frames
-from headrouter.prompt import IM_END, render_prompt
-from headrouter.tiny import DEFAULT_WORDS
+from headrouter.engine.audio import check_audio, featurize, make_feature_extractor, tokens_from_frames
+from headrouter.engine.prompt import IM_END, render_prompt
+from headrouter.engine.tiny import DEFAULT_WORDS
 from quality.synth.tasks import vocabulary
 
 __all__ = ["Example", "collate", "load_examples", "read_manifest", "tiny_synth_words"]

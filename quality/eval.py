@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from headrouter.prompt import task_prompt
+from headrouter.engine.prompt import task_prompt
 from quality.metrics import summarize
 from quality.scoring import score
 

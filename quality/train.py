@@ -53,7 +53,7 @@ def build_model(opts: TrainOptions, tokenizer):
     """A randomly initialised thinker of the configured size (seeded), SDPA attention."""
     from transformers import GenerationConfig, Qwen2_5OmniThinkerForConditionalGeneration
 
-    from headrouter.tiny import special_token_ids, tiny_thinker_config
+    from headrouter.engine.tiny import special_token_ids, tiny_thinker_config
 
     config = tiny_thinker_config(
         len(tokenizer), tokenizer, hidden_size=opts.hidden, num_layers=opts.layers, num_heads=opts.heads,
@@ -136,7 +136,7 @@ def evaluate(model, tokenizer, examples: list[Example], batch_size: int = 16) ->
 def save(model, tokenizer, out: Path, info: dict) -> None:
     """Write a model folder load_lalm reads (config.json, model.safetensors, tokenizer, preprocessor_config.json)
     plus training_info.json."""
-    from headrouter.audio import make_feature_extractor
+    from headrouter.engine.audio import make_feature_extractor
 
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
@@ -149,7 +149,7 @@ def train(opts: TrainOptions) -> dict:
     """Run the training described by `opts`; returns the training info written next to the weights."""
     from transformers.utils import logging as hf_logging
 
-    from headrouter.tiny import build_word_tokenizer
+    from headrouter.engine.tiny import build_word_tokenizer
 
     hf_logging.disable_progress_bar()
     torch.set_num_threads(opts.threads)

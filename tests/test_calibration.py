@@ -19,7 +19,7 @@ from headrouter.calibration import (
     pooled_bandwidth,
     trunk_pass,
 )
-from headrouter.prompt import IM_END
+from headrouter.engine.prompt import IM_END
 
 PROMPT = "transcribe the digits"
 ANSWER = "three one four"

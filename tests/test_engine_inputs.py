@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from headrouter import AudioInputError, Profiles, PruneOptions, load_lalm
-from headrouter.audio import audio_token_count, featurize, make_feature_extractor
-from headrouter.loading import resolve_model
-from headrouter.prompt import SPECIAL_TOKENS, render_prompt
-from headrouter.tiny import build_tiny_random, build_word_tokenizer, tiny_thinker_config
+from headrouter.engine.audio import audio_token_count, featurize, make_feature_extractor
+from headrouter.engine.loading import resolve_model
+from headrouter.engine.prompt import SPECIAL_TOKENS, render_prompt
+from headrouter.engine.tiny import build_tiny_random, build_word_tokenizer, tiny_thinker_config
 from tests.families import FAMILIES
 from tests.test_engine import PROMPT, clip, tiny
 
@@ -150,6 +150,6 @@ def test_load_by_folder_s3_and_clear_errors(tmp_path, monkeypatch):
 def test_tiny_synth_alias_points_at_the_repo_folder(tmp_path, monkeypatch):
     repo = Path(__file__).resolve().parents[1]
     assert resolve_model("tiny-synth") == str(repo / "models" / "tiny-synth")  # committed, so always there
-    monkeypatch.setattr("headrouter.loading._REPO_ROOT", tmp_path)  # a checkout without the folder
+    monkeypatch.setattr("headrouter.engine.loading._REPO_ROOT", tmp_path)  # a checkout without the folder
     with pytest.raises(FileNotFoundError, match=r"tiny-synth model not found at .*models/tiny-synth"):
         resolve_model("tiny-synth")

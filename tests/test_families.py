@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from headrouter import AudioInputError, PruneOptions
-from headrouter.adapters import phi4_multimodal, voxtral
+from headrouter.engine.adapters import phi4_multimodal, voxtral
 from tests.test_engine import PROMPT, clip, tiny
 
 
@@ -73,7 +73,7 @@ def test_voxtral_pads_to_whole_30_second_chunks():
 
 
 def test_qwen3_omni_tokens_prompt_window_and_batch_groups():
-    from headrouter.adapters import qwen3_omni
+    from headrouter.engine.adapters import qwen3_omni
 
     lalm = tiny("tiny-random-qwen3-omni")
     assert lalm.window_s == 1800.0

@@ -1,4 +1,4 @@
-"""Window gating (headrouter.gating) on the tiny-random Qwen2.5-Omni thinker, float32: kept windows encode as in
+"""Window gating (headrouter.engine.gating) on the tiny-random Qwen2.5-Omni thinker, float32: kept windows encode as in
 the ungated encoder, kept tokens keep their ungated position ids at prefill and decode, nothing changes when
 no window is empty, an all-empty clip is `silent`, a batch gives what each clip gives alone."""
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from headrouter import PruneOptions
-from headrouter.gating import energy_empty, gate_inputs, window_tokens
+from headrouter.engine.gating import energy_empty, gate_inputs, window_tokens
 from tests.test_batch import _eos
 from tests.test_engine import PROMPT, clip, masked_reference_logits, text_rotary, tiny
 

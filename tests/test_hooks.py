@@ -7,10 +7,10 @@ import sys
 import pytest
 import torch
 
-import headrouter.hooks as hooks
+import headrouter.engine.hooks as hooks
 from headrouter import PruneOptions
 from headrouter.attention import project_qk
-from headrouter.hooks import AudioTokenIds, apply_pruning, audio_spans
+from headrouter.engine.hooks import AudioTokenIds, apply_pruning, audio_spans
 from headrouter.routing import HeadRouter
 from tests.families import FAMILIES
 from tests.test_engine import PROMPT, clip, position_arg, text_rotary, tiny

@@ -261,7 +261,7 @@ def _upload_wavs(s3_server, tmp_path, names):
 def test_two_nights_on_s3_take_only_new_files_and_rerunning_a_night_is_a_no_op(
     s3_server, prometheus_stack, tmp_path
 ):
-    from headrouter.tiny import tiny_path
+    from headrouter.engine.tiny import tiny_path
     from pipeline import read_results
     from pipeline.resume import read_parts
     from pipeline.sink import FILE_SCHEMA

@@ -387,7 +387,7 @@ def test_actor_udf_with_the_real_tiny_model(example_audio_dir):
 
 def test_chunk_window_is_the_window_the_loaded_engine_enforces():
     from headrouter import load_lalm
-    from headrouter.loading import model_window_s, resolve_model
+    from headrouter.engine.loading import model_window_s, resolve_model
 
     for alias, window in (("tiny-random", 300.0), ("tiny-random-qwen2-audio", 30.0)):
         folder = resolve_model(alias)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from headrouter import load_lalm
-from headrouter.prompt import ASR_PROMPT, task_prompt
+from headrouter.engine.prompt import ASR_PROMPT, task_prompt
 from quality.synth.tasks import format_prompt
 
 REPO = Path(__file__).resolve().parents[1]

@@ -151,7 +151,7 @@ def test_credentials_never_leak(s3_server, prometheus_stack, tmp_path):
 
 
 def _tiny_model_copy(dest: Path) -> Path:
-    from headrouter.tiny import tiny_path
+    from headrouter.engine.tiny import tiny_path
 
     shutil.copytree(tiny_path("tiny-random"), dest)
     return dest
@@ -211,7 +211,7 @@ def test_model_loading_runs_no_remote_code(tmp_path):
 def test_model_download_cannot_write_outside_its_cache(s3_server, tmp_path):
     """An object key with '..' under an s3:// model prefix must not be written outside the cache folder."""
     from headrouter import load_lalm
-    from headrouter.tiny import tiny_path
+    from headrouter.engine.tiny import tiny_path
 
     s3 = s3_server.client()
     s3_server.create_bucket("hostile-models")

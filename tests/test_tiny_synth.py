@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from headrouter.prompt import IM_END
-from headrouter.tiny import build_word_tokenizer
+from headrouter.engine.prompt import IM_END
+from headrouter.engine.tiny import build_word_tokenizer
 from quality.data import IGNORE, Example, collate, tiny_synth_words
 from quality.scoring import score
 from quality.synth.tasks import TASKS, format_prompt, make_sample

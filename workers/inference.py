@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pyarrow as pa
 
-from headrouter.prompt import ASR_PROMPT, task_prompt
+from headrouter.engine.prompt import ASR_PROMPT, task_prompt
 from workers.batching import KVCost, plan_batches
 from workers.options import WorkerOptions
 

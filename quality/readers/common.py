@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from headrouter.prompt import task_prompt
+from headrouter.engine.prompt import task_prompt
 
 __all__ = [
     "CATEGORIES",

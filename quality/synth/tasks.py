@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from headrouter.prompt import task_prompt
+from headrouter.engine.prompt import task_prompt
 from quality.synth import sounds as snd
 
 __all__ = [

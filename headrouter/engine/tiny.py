@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from headrouter.prompt import ENDOFTEXT, IM_END, PAD, SPECIAL_TOKENS
+from headrouter.engine.prompt import ENDOFTEXT, IM_END, PAD, SPECIAL_TOKENS
 
 __all__ = [
     "DEFAULT_WORDS",
@@ -65,7 +65,7 @@ def build_word_tokenizer(
 ):
     """Build a word-level `PreTrainedTokenizerFast` from a word list, entirely offline.
 
-    Ids: the seven template specials of `headrouter.prompt.SPECIAL_TOKENS` get 0..6 (`<pad>` = 0), then
+    Ids: the seven template specials of `headrouter.engine.prompt.SPECIAL_TOKENS` get 0..6 (`<pad>` = 0), then
     `EXTRA_SPECIAL_TOKENS` (`<unk>` = 7, ...), then `family_specials` (another family's chat/audio tokens),
     then "system", "user", "assistant", then `words` in order (duplicates dropped). Text is split on whitespace
     and punctuation; decoding joins words with spaces.
@@ -482,7 +482,7 @@ def build_tiny_random(path: str | os.PathLike, family: str = "qwen2_5_omni", see
     import transformers
     from transformers import GenerationConfig
 
-    from headrouter.audio import make_feature_extractor
+    from headrouter.engine.audio import make_feature_extractor
 
     if family not in _TOKENIZERS:
         raise ValueError(f"unknown tiny family {family!r}: expected one of {sorted(_TOKENIZERS)}")

@@ -50,8 +50,8 @@ def token_ids(config) -> tuple[int, None, None]:
 def featurize(feature_extractor, audio, total_frames=None):
     """Whisper log-mel of one checked clip zero-padded to whole 30-s chunks, as the stock processor does ->
     (features [128, C * 3000], valid frames ceil(n / 160)). Never truncated."""
-    from headrouter.audio import featurize as whisper_featurize
-    from headrouter.audio import mel_frame_count
+    from headrouter.engine.audio import featurize as whisper_featurize
+    from headrouter.engine.audio import mel_frame_count
 
     chunks = math.ceil(mel_frame_count(int(audio.shape[0])) / CHUNK_FRAMES)
     return whisper_featurize(feature_extractor, audio, chunks * CHUNK_FRAMES)

@@ -9,7 +9,7 @@ import os
 import re
 from pathlib import Path
 
-from headrouter.engine import LALM
+from headrouter.engine.lalm import LALM
 
 __all__ = ["TINY_ALIASES", "adapter_for_model", "load_lalm", "model_window_s", "resolve_model"]
 
@@ -22,14 +22,14 @@ TINY_ALIASES = (
     "tiny-random-voxtral",
     "tiny-random-qwen3-omni",
 )
-_REPO_ROOT = Path(__file__).resolve().parents[1]
+_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def resolve_model(
     name: str, cache_dir: str | os.PathLike | None = None, endpoint_url: str | None = None
 ) -> str:
     """Where `name` lives: a local folder path (tiny aliases built, s3 prefixes downloaded) or a hub id."""
-    from headrouter.tiny import tiny_cache_dir, tiny_path
+    from headrouter.engine.tiny import tiny_cache_dir, tiny_path
 
     if name in TINY_ALIASES:
         return str(tiny_path(name, cache_dir))
@@ -63,11 +63,11 @@ def adapter_for_model(name: str, endpoint_url: str | None = None):
     family, local folders and s3:// prefixes by their config.json, hub ids by the hub's config.json."""
     import importlib
 
-    from headrouter.adapters import adapter_for
-    from headrouter.tiny import TINY_FAMILIES
+    from headrouter.engine.adapters import adapter_for
+    from headrouter.engine.tiny import TINY_FAMILIES
 
     if name in TINY_FAMILIES:
-        return importlib.import_module(f"headrouter.adapters.{TINY_FAMILIES[name]}")
+        return importlib.import_module(f"headrouter.engine.adapters.{TINY_FAMILIES[name]}")
     if name.startswith("s3://"):
         import boto3
 
@@ -108,8 +108,8 @@ def load_lalm(
     import torch
     from transformers import AutoConfig, AutoTokenizer, WhisperFeatureExtractor
 
-    from headrouter.adapters import adapter_for
-    from headrouter.audio import make_feature_extractor
+    from headrouter.engine.adapters import adapter_for
+    from headrouter.engine.audio import make_feature_extractor
 
     location = resolve_model(name, cache_dir, endpoint_url)
     folder = Path(location) if Path(location).is_dir() else None

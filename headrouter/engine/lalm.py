@@ -1,5 +1,5 @@
 """The model engine: `LALM`, whose `generate` runs every pruning method through one path (built by
-`headrouter.loading.load_lalm`)."""
+`headrouter.engine.loading.load_lalm`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from headrouter.audio import (
+from headrouter.engine.audio import (
     SAMPLE_RATE,
     AudioInputError,
     check_audio,
@@ -20,8 +20,8 @@ from headrouter.audio import (
     mel_frame_count,
     tokens_from_frames,
 )
+from headrouter.engine.prompt import ASR_PROMPT, AUDIO, AUDIO_BOS, AUDIO_EOS, render_prompt
 from headrouter.options import PruneOptions
-from headrouter.prompt import ASR_PROMPT, AUDIO, AUDIO_BOS, AUDIO_EOS, render_prompt
 
 __all__ = ["LALM", "AudioInputError", "GenerationOutput"]
 
@@ -97,7 +97,7 @@ class LALM:
             if name is None or vocab.get(name) != audio:
                 raise ValueError(f"config audio token id {audio} is not a token of the tokenizer")
             bos = eos = None
-        from headrouter.hooks import AudioTokenIds
+        from headrouter.engine.hooks import AudioTokenIds
 
         self.token_ids = AudioTokenIds(audio=audio, bos=bos, eos=eos)
         # Real checkpoints ship a chat template with a default system prompt; the tiny models have neither.
@@ -209,7 +209,7 @@ class LALM:
 
     def encode_prompt(self, prompt: str, num_audio_tokens: int):
         """input_ids [1, T] of one user turn: `num_audio_tokens` audio placeholders, then `prompt`, in the
-        family's chat format (the adapter's `encode_prompt`, else the Qwen template of headrouter.prompt)."""
+        family's chat format (the adapter's `encode_prompt`, else the Qwen template of headrouter.engine.prompt)."""
         custom = getattr(self.adapter, "encode_prompt", None)
         if custom is not None:
             return custom(self.tokenizer, prompt, num_audio_tokens, self.system_prompt, self.token_ids.audio)
@@ -219,9 +219,9 @@ class LALM:
     def prune_hooks(self, options: PruneOptions, router=None, samples=None):
         """Register the pruning hooks for `options` on the model (None for vanilla); call `.remove()` after.
 
-        samples: one `headrouter.hooks.SampleInfo` per sample of the batch (random seeds, oracle categories).
+        samples: one `headrouter.engine.hooks.SampleInfo` per sample of the batch (random seeds, oracle categories).
         """
-        from headrouter.hooks import apply_pruning
+        from headrouter.engine.hooks import apply_pruning
 
         if options.method == "vanilla":
             return None
@@ -294,8 +294,8 @@ class LALM:
         )
 
     def _gate(self, batch, audios, options):
-        """headrouter.gating.gate_batch for this model: (batch' or None, gates, live row indices)."""
-        from headrouter.gating import gate_batch
+        """headrouter.engine.gating.gate_batch for this model: (batch' or None, gates, live row indices)."""
+        from headrouter.engine.gating import gate_batch
 
         window = self.adapter.gate_window_frames(self.model)
         return gate_batch(
@@ -321,7 +321,7 @@ class LALM:
         return [replace(results.get(i, silent), skipped_s=g.skipped_s) for i, g in enumerate(gates)]
 
     def _generate_batch(self, batch, options, router, samples, max_new_tokens, min_new_tokens, return_logits):
-        from headrouter.kv import per_token_bytes
+        from headrouter.engine.kv import per_token_bytes
 
         torch = self._torch
         lengths = [int(n) for n in batch["attention_mask"].sum(dim=1).tolist()]  # unpadded input lengths
@@ -404,7 +404,7 @@ class LALM:
 
     def _summary(self, input_ids, options, record):
         if record is None:  # vanilla: every prunable token kept
-            from headrouter.hooks import audio_spans
+            from headrouter.engine.hooks import audio_spans
 
             spans = audio_spans(input_ids, self.token_ids, options)
             n = 0 if spans is None else int(spans[0].numel())
@@ -507,7 +507,7 @@ def _special_ids(model, tokenizer) -> tuple[frozenset[int], int]:
 def _sample_infos(options: PruneOptions, audios, categories) -> list | None:
     """Per-sample SampleInfo: the random method's seed mixed from options.seed and the clip's samples (a
     different, reproducible mask per clip, whatever batch it runs in), and the oracle's category."""
-    from headrouter.hooks import SampleInfo
+    from headrouter.engine.hooks import SampleInfo
 
     if options.method == "vanilla":
         return None

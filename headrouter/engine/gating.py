@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from headrouter.audio import HOP_LENGTH, N_FFT, SAMPLE_RATE, tokens_from_frames
+from headrouter.engine.audio import HOP_LENGTH, N_FFT, SAMPLE_RATE, tokens_from_frames
 from headrouter.options import SKIP_SILENCE
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from headrouter.adapters import phi4_multimodal, qwen2_5_omni, qwen2_audio, qwen3_omni, voxtral
+from headrouter.engine.adapters import phi4_multimodal, qwen2_5_omni, qwen2_audio, qwen3_omni, voxtral
 
 __all__ = ["FAMILIES", "adapter_for"]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # the same forward/generate keyword inputs as the Omni thinker
-from headrouter.adapters.qwen2_5_omni import model_inputs  # noqa: F401
+from headrouter.engine.adapters.qwen2_5_omni import model_inputs  # noqa: F401
 
 FAMILY = "qwen2_audio"
 MODEL_TYPES = ("qwen2_audio",)

@@ -107,7 +107,7 @@ def batch_group(num_samples: int):
     100 mel frames or more has a full chunk, so its tail chunk is padded to 100 frames alone too; only clips
     under 1 s change with the batch (moved by ~1e-5 in tiny-random with random conv biases). So: those by
     length, everything else together."""
-    from headrouter.audio import mel_frame_count
+    from headrouter.engine.audio import mel_frame_count
 
     frames = mel_frame_count(num_samples)
     return "full" if frames >= 2 * N_WINDOW else frames
