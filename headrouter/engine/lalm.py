@@ -39,6 +39,8 @@ class GenerationOutput:
     kept_index: ascending indices into the audio span of the kept tokens (all of them for vanilla).
     skipped_s: audio seconds removed before the encoder by `skip_silence` (audio_tokens counts what is left);
     silent: every encoder window was empty, so the model was not called (text "", no tokens).
+    prepare_s: host-side preparation before the model runs (checks, features, tokens, the padded batch), shared
+    within the batch like prefill_s; prefill_s + decode_s + prepare_s is the sample's share of the call.
     """
 
     text: str
@@ -54,6 +56,7 @@ class GenerationOutput:
     logits: object = None  # [steps, V] float32 tensor, only with generate(return_logits=True)
     skipped_s: float = 0.0
     silent: bool = False
+    prepare_s: float = 0.0
 
 
 class LALM:
