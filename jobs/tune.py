@@ -3,7 +3,9 @@
 
 A seeded sample of the archive's chunks runs unpruned and at each retain on the cluster (Ray Data, the main job's
 decode stage and inference worker); prints agreement with vanilla (bootstrap 95% interval), prefill time and KV kept
-per retain, and recommends the lowest retain whose interval's lower bound meets --target. Writes DIR/table.json,
+per retain and, when the input manifest has an 'answer' per row, the score kept (pruned / unpruned score against the
+answers, paired bootstrap 95% interval); recommends the lowest retain whose lower bound meets --target, on the score
+kept when there are answers, else on agreement (--target-on chooses). Writes DIR/table.json,
 DIR/recommendation.json (for jobs.run --retain-from) and DIR/chunks.parquet. Exit codes: 0 ok, 2 bad arguments,
 3 the run could not proceed.
 """
@@ -37,12 +39,24 @@ def parse_args(argv: list[str] | None = None) -> TuneOptions:
     p.add_argument("--sample", type=int, default=200, help="about how many chunks to sample (200)")
     p.add_argument("--retain", type=float, nargs="+", default=list(RETAINS), help="retain values to try")
     p.add_argument(
-        "--target", type=float, default=0.98, help="agreement the interval's lower bound must meet"
+        "--target",
+        type=float,
+        default=0.98,
+        help="share the 95%% lower bound must meet (score kept or agreement)",
+    )
+    p.add_argument(
+        "--target-on",
+        choices=["quality", "agreement"],
+        default=None,
+        help="recommend on the score kept against reference answers (default when every sampled row has an "
+        "'answer') or on agreement with the unpruned answers (default otherwise)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the sample and the bootstrap")
     a, rest = p.parse_known_args(argv)
     request = parse_run_args([*rest, "--input", a.input, "--output", a.output], prog="python -m jobs.tune")
-    return TuneOptions(request.opts, tuple(a.retain), a.sample, a.target, a.seed).validate()
+    return TuneOptions(
+        request.opts, tuple(a.retain), a.sample, a.target, a.seed, target_on=a.target_on
+    ).validate()
 
 
 def main(argv: list[str] | None = None) -> int:

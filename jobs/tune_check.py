@@ -3,8 +3,9 @@
 
 --tune DIR is a jobs.tune output on manifest M (with answers): per retain and task family, agreement with the
 unpruned answers beside the true score change. --holdout-tune DIR2 is a jobs.tune output on a separate split M2 run
-with --retain set to DIR's recommendations (one per --target): is each retain's score >= the target share of
-vanilla's there? (Retain 1.0 reproduces vanilla exactly, so its rows are vanilla's.)
+with --retain set to DIR's recommendations (one per --target, by the rule DIR's recommendation followed: score kept
+or agreement): is each retain's score >= the target share of vanilla's there? (Retain 1.0 reproduces vanilla
+exactly, so its rows are vanilla's.)
 Writes DIR/validation.json and DIR/validation.md and prints the table.
 """
 
@@ -37,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.holdout_tune:
         rows = scored_rows(a.holdout_tune, a.holdout_manifest or a.manifest)
         for target in a.target or [rec["target"]]:
-            holdout.append(holdout_check(rows, recommend(table, target)["retain"], target))
+            retain = recommend(table, target, rec.get("target_on", "agreement"))["retain"]
+            holdout.append(holdout_check(rows, retain, target))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {"recommendation": rec, "relation": relation, "holdout": holdout}

@@ -42,6 +42,7 @@ class Source:
     question: str | None = None
     choices: tuple[str, ...] | None = None
     error: str = ""  # set when the listing itself already knows the source is unusable
+    answer: str | None = None  # a manifest row's reference answer (jobs.tune scores against it)
 
 
 def is_s3(uri: str) -> bool:
@@ -137,6 +138,7 @@ def _manifest_sources(uri: str, fs: pafs.FileSystem, path: str, question: str | 
             question=(rec.get("question") or question),
             choices=tuple(str(c) for c in choices) if choices else None,
             error=error,
+            answer=str(rec["answer"]) if rec.get("answer") not in (None, "") else None,
         )
 
 

@@ -1,5 +1,7 @@
 """Choosing retain from data (`python -m jobs.tune`): a seeded sample of an archive's chunks runs unpruned and at
-each retain through the pipeline's own stages, and the lowest retain whose agreement interval meets a target wins.
+each retain through the pipeline's own stages, and the lowest retain whose interval meets a target wins: the paired
+bootstrap interval of the score kept (pruned / unpruned score against reference answers) when the input manifest has
+an answer per row, else that of the agreement with the unpruned answers.
 
 The graph is the main job's: listed sources -> decode and chunk (CPU tasks, here keeping a seeded reservoir of
 each source's chunks) -> one actor pool whose actors load the model once and run every chunk through an
@@ -26,6 +28,10 @@ __all__ = ["TuneOptions", "TuneResult", "format_table", "recommend", "recommende
 log = logging.getLogger("pipeline")
 
 RETAINS = (0.9, 0.7, 0.5, 0.4, 0.3, 0.2)
+RULES = ("quality", "agreement")
+# How far agreement sat below the score kept on the shipped validation (docs/shadow.md; tiny-synth, QA, test split
+# seed 2, all families; results/shadow-tiny-synth/validation.json): (retain, agreement, score kept).
+VALIDATION = ((0.7, 0.940, 0.997), (0.4, 0.873, 0.961), (0.2, 0.787, 0.902))
 
 
 @dataclass(frozen=True)
@@ -39,10 +45,12 @@ class TuneOptions:
     target: float = 0.98
     seed: int = 0
     resamples: int = 2000
+    # "quality" | "agreement"; None: quality when the sampled chunks have reference answers
+    target_on: str | None = None
 
     def validate(self) -> TuneOptions:
         self.run.validate()
-        if self.run.method == "vanilla":
+        if self.run.prune.method == "vanilla":
             raise UsageError("--method vanilla prunes nothing: tune a pruning method")
         if not self.retains or any(not 0.0 < r <= 1.0 for r in self.retains):
             raise UsageError(f"--retain values must be in (0, 1], got {list(self.retains)}")
@@ -50,6 +58,8 @@ class TuneOptions:
             raise UsageError(f"--sample must be >= 1, got {self.sample}")
         if not 0.0 < self.target <= 1.0:
             raise UsageError(f"--target must be in (0, 1], got {self.target}")
+        if self.target_on not in (None, *RULES):
+            raise UsageError(f"--target-on must be quality or agreement, got {self.target_on!r}")
         return self
 
 
@@ -77,6 +87,7 @@ def run_tune(opts: TuneOptions) -> TuneResult:
     random.Random(opts.seed).shuffle(sources)
     per_source = max(1, math.ceil(opts.sample / len(sources)))
     sources = sources[: opts.sample]
+    refs = _references(sources, opts.target_on)
     started = time.monotonic()
     window_s = min(run.window_s or 1e9, model_window_s(run.model, run.s3_endpoint))
     started_ray = _ensure_ray(run)
@@ -87,19 +98,27 @@ def run_tune(opts: TuneOptions) -> TuneResult:
             import ray
 
             ray.shutdown()
-    table = tune_table(rows, opts.retains, opts.resamples, opts.seed)
-    rec = recommend(table, opts.target)
+    scored = score_rows(rows, refs)
     chunks = len({(r["id"], r["chunk_index"]) for r in rows if r["method"] == "vanilla"})
+    rule, why = _rule(opts.target_on, refs, scored, chunks)
+    table = tune_table(rows, opts.retains, opts.resamples, opts.seed)
+    rec = recommend(table, opts.target, rule)
+    if rule == "quality":
+        rec["retain_on_agreement"] = recommend(table, opts.target, "agreement")["retain"]
     rec.update(
-        model=run.model, method=run.method, layer=run.layer, task=run.task, input=run.input, chunks=chunks,
-        seed=opts.seed, wall_s=round(time.monotonic() - started, 1),
+        model=run.model, method=run.prune.method, layer=run.prune.layer, task=run.task, input=run.input, chunks=chunks,
+        scored_chunks=scored, rule_reason=why, seed=opts.seed, wall_s=round(time.monotonic() - started, 1),
     )  # fmt: skip
     out_fs = make_filesystem(run.output, run.s3_endpoint)
     root = fs_path(run.output).rstrip("/")
     from pipeline.sink import CHUNK_SCHEMA
 
     write_table_atomic(out_fs, f"{root}/chunks.parquet", pa.Table.from_pylist(rows, schema=CHUNK_SCHEMA))
-    write_json_atomic(out_fs, f"{root}/table.json", {"target": opts.target, "chunks": chunks, "rows": table})
+    write_json_atomic(
+        out_fs,
+        f"{root}/table.json",
+        {"target": opts.target, "target_on": rule, "chunks": chunks, "rows": table},
+    )
     write_json_atomic(out_fs, f"{root}/recommendation.json", rec)
     return TuneResult(table, rec, chunks, run.output)
 
@@ -153,6 +172,52 @@ def _run_graph(sources, opts: TuneOptions, window_s: float, per_source: int) -> 
     return sorted(rows, key=lambda r: (r["id"], r["chunk_index"], r["method"] != "vanilla", -r["retain"]))
 
 
+def _references(sources, target_on: str | None) -> dict[str, dict]:
+    """The sampled sources' reference rows ({answer, choices} by id) when every one has an answer, else {}."""
+    from quality.scoring import score
+
+    missing = sum(s.answer is None for s in sources)
+    if missing:
+        if target_on == "quality":
+            raise UsageError(
+                f"--target-on quality needs reference answers: {missing} of {len(sources)} sampled sources have "
+                "none (give a manifest with an 'answer' per row)"
+            )
+        return {}
+    refs = {s.id: dict(answer=s.answer, choices=list(s.choices) if s.choices else None) for s in sources}
+    for sid, ref in refs.items():
+        try:
+            score(ref, ref["answer"])  # an answer outside its choices, or empty once normalized
+        except ValueError as e:
+            raise UsageError(f"reference answer of {sid}: {e}") from None
+    return refs
+
+
+def score_rows(rows: list[dict], refs: dict[str, dict]) -> int:
+    """Set each row's `score` against its source's reference answer (quality.scoring.score, the benchmark's
+    per-sample score) where the chunk is the source's whole audio, else None; returns how many chunks were scored."""
+    from quality.scoring import score
+
+    scored = 0
+    for r in rows:
+        ref = refs.get(r["id"])
+        whole = r["chunk_index"] == 0 and bool(r.get("last"))
+        r["score"] = score(ref, r["text"]) if ref and whole and r["status"] == "ok" else None
+        scored += r["method"] == "vanilla" and r["score"] is not None
+    return scored
+
+
+def _rule(target_on: str | None, refs: dict, scored: int, chunks: int) -> tuple[str, str]:
+    """The rule the recommendation follows, and why (for the output)."""
+    if target_on == "agreement":
+        return "agreement", "--target-on agreement"
+    if not refs:
+        return "agreement", "no reference answers (a manifest with an 'answer' per row gives them)"
+    if not scored or (target_on is None and scored < chunks):
+        return "agreement", f"{scored} of {chunks} chunks are whole sources scorable against their answers"
+    return "quality", f"reference answers for {scored} of {chunks} chunks"
+
+
 def sample_chunks(batch: pa.Table, window_s, limits, s3_endpoint, per_source: int, seed: int):
     """CPU stage: decode and chunk each source as the main job does, keep a seeded reservoir of `per_source` of
     its decodable, non-silent chunks (one chunk's audio in memory beyond the reservoir)."""
@@ -175,30 +240,32 @@ def sample_chunks(batch: pa.Table, window_s, limits, s3_endpoint, per_source: in
 
 
 class SettingsWorker:
-    """Actor UDF: the model loaded once, each chunk run by an InferenceWorker per setting (vanilla, then each
-    retain), every result row returned (method and retain say which setting)."""
+    """Actor UDF: the model loaded once in one InferenceWorker, each chunk run per setting (vanilla, then each
+    retain: the run's PruneOptions with that retain), every result row returned (method and retain say which)."""
 
     def __init__(self, opts, retains, schema: pa.Schema):
         from workers.inference import InferenceWorker
 
-        vanilla = InferenceWorker(dataclasses.replace(opts, method="vanilla", retain=1.0), schema)
-        self.workers = [vanilla] + [
-            InferenceWorker(dataclasses.replace(opts, retain=float(r)), schema, lalm=vanilla.lalm)
-            for r in retains
+        self.worker = InferenceWorker(opts, schema)
+        prune = opts.prune
+        self.settings = [dataclasses.replace(prune, method="vanilla", retain=1.0)] + [
+            dataclasses.replace(prune, retain=float(r)) for r in retains
         ]
         self.schema = schema
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
         out = []
-        for worker in self.workers:
-            out.extend(worker.infer(rows))
+        for prune in self.settings:
+            out.extend(self.worker.infer(rows, prune))
         return pa.Table.from_pylist(out, schema=self.schema)
 
 
 def tune_table(rows: list[dict], retains, resamples: int = 2000, seed: int = 0) -> list[dict]:
-    """Per retain: agreement with vanilla (mean, bootstrap 95% interval), mean prefill seconds, KV kept."""
+    """Per retain: agreement with vanilla (mean, bootstrap 95% interval), the score kept where rows have a `score`
+    (pruned / vanilla score on the same chunks, paired bootstrap 95% interval), mean prefill seconds, KV kept."""
     from quality.agreement import agreement, mean_interval
+    from quality.metrics import score_kept
 
     vanilla = {
         (r["id"], r["chunk_index"]): r for r in rows if r["method"] == "vanilla" and r["status"] == "ok"
@@ -216,11 +283,19 @@ def tune_table(rows: list[dict], retains, resamples: int = 2000, seed: int = 0) 
         ]
         scores = [agreement(str(r["task"]), r["text"], v["text"]) for r, v in pruned]
         mean, lo, hi = mean_interval(scores, resamples, seed)
+        pairs = [
+            (r["score"], v["score"])
+            for r, v in pruned
+            if r.get("score") is not None and v.get("score") is not None
+        ]
+        kept, kept_lo, kept_hi = score_kept([p for p, _ in pairs], [v for _, v in pairs], resamples, seed)
         kv = sum(r["kv_bytes_kept"] or 0 for r, _ in pruned)
         kv_full = sum(v["kv_bytes_kept"] or 0 for _, v in pruned)
         table.append(
             dict(
-                retain=float(retain), chunks=len(scores), agreement=mean, low=lo, high=hi,
+                retain=float(retain), chunks=len(scores), agreement=mean, low=lo, high=hi, scored=len(pairs),
+                score=_mean([p for p, _ in pairs]), vanilla_score=_mean([v for _, v in pairs]), score_kept=kept,
+                kept_low=kept_lo, kept_high=kept_hi,
                 prefill_s=_mean([r["prefill_s"] for r, _ in pruned]), vanilla_prefill_s=_mean(base_prefill),
                 kv_kept=kv / kv_full if kv_full else None,
             )
@@ -228,41 +303,65 @@ def tune_table(rows: list[dict], retains, resamples: int = 2000, seed: int = 0) 
     return table
 
 
-def recommend(table: list[dict], target: float) -> dict:
-    """The lowest retain whose interval's lower bound is >= target; retain 1.0 (nothing pruned) when none is."""
-    ok = [row for row in table if row["low"] is not None and row["low"] >= target]
-    if not ok:
-        return dict(retain=1.0, met=False, target=target, agreement=None, low=None, high=None)
-    best = min(ok, key=lambda row: row["retain"])
-    return dict(retain=best["retain"], met=True, target=target, agreement=best["agreement"], low=best["low"],
-                high=best["high"])  # fmt: skip
+def recommend(table: list[dict], target: float, on: str = "agreement") -> dict:
+    """The lowest retain whose interval's lower bound is >= target, on the score kept (`on="quality"`) or the
+    agreement; retain 1.0 (nothing pruned) when none is."""
+    low = "kept_low" if on == "quality" else "low"
+    ok = [row for row in table if row.get(low) is not None and row[low] >= target]
+    best = min(ok, key=lambda row: row["retain"]) if ok else {}
+    keys = ("agreement", "low", "high", "score_kept", "kept_low", "kept_high")
+    return dict(retain=best.get("retain", 1.0), met=bool(ok), target=target, target_on=on,
+                **{k: best.get(k) for k in keys})  # fmt: skip
 
 
 def format_table(result: TuneResult) -> str:
-    """The table printed by jobs.tune, and its recommendation."""
+    """The table printed by jobs.tune, the rule its recommendation followed, and the recommendation."""
 
     def f(v, spec):
         return "-" if v is None else format(v, spec)
 
+    quality = any(row.get("scored") for row in result.table)
+    head = f"{'retain':>6}  {'chunks':>6}  {'agreement':>9}  {'95% interval':>13}"
     lines = [
-        f"{'retain':>6}  {'chunks':>6}  {'agreement':>9}  {'95% interval':>13}  {'prefill s':>9}  KV kept"
+        head + (f"  {'score kept':>10}  {'95% interval':>13}" if quality else "") + "  prefill s  KV kept"
     ]
     for row in result.table:
-        interval = f"{f(row['low'], '.3f')}-{f(row['high'], '.3f')}"
-        lines.append(
-            f"{row['retain']:>6.2f}  {row['chunks']:>6d}  {f(row['agreement'], '.3f'):>9}  {interval:>13}  "
-            f"{f(row['prefill_s'], '.4f'):>9}  {f(row['kv_kept'], '.0%')}"
-        )
+        line = f"{row['retain']:>6.2f}  {row['chunks']:>6d}  {f(row['agreement'], '.3f'):>9}  "
+        line += f"{f(row['low'], '.3f') + '-' + f(row['high'], '.3f'):>13}"
+        if quality:
+            interval = f"{f(row['kept_low'], '.1%')}-{f(row['kept_high'], '.1%')}"
+            line += f"  {f(row['score_kept'], '.1%'):>10}  {interval:>13}"
+        lines.append(line + f"  {f(row['prefill_s'], '.4f'):>9}  {f(row['kv_kept'], '.0%')}")
     rec = result.recommendation
     base = _mean([row["vanilla_prefill_s"] for row in result.table if row["vanilla_prefill_s"] is not None])
     lines.append(f"unpruned prefill s: {f(base, '.4f')} per chunk; {result.chunks} chunks sampled")
-    if rec["met"]:
+    on = rec.get("target_on", "agreement")
+    what = "score kept (pruned / unpruned score against the reference answers)" if on == "quality" else (
+        "agreement with the unpruned answers"
+    )  # fmt: skip
+    lines.append(f"rule: --target-on {on}, the lowest retain whose 95% lower bound of {what} meets "
+                 f"--target {rec['target']:g} ({rec.get('rule_reason') or on})")  # fmt: skip
+    if on == "agreement":
+        seen = " / ".join(f"{a:.3f} at {r:g} kept {k:.1%}" for r, a, k in VALIDATION)
+        lines.append(
+            "agreement is a conservative stand-in for the quality kept (an unpruned answer that changes counts as "
+            f"lost, right or wrong): on tiny-synth QA (docs/shadow.md) agreement {seen} of the unpruned score"
+        )
+    if rec["met"] and on == "quality":
+        lines.append(
+            f"recommended retain: {rec['retain']:g} (score kept {rec['score_kept']:.1%}, 95% interval "
+            f"{rec['kept_low']:.1%}-{rec['kept_high']:.1%} >= target {rec['target']:g}; agreement "
+            f"{f(rec['agreement'], '.3f')})"
+        )
+    elif rec["met"]:
         lines.append(
             f"recommended retain: {rec['retain']:g} (agreement {rec['agreement']:.3f}, 95% interval "
             f"{rec['low']:.3f}-{rec['high']:.3f} >= target {rec['target']:g})"
         )
     else:
         lines.append(f"no retain met the target {rec['target']:g}: recommended retain 1.0 (nothing pruned)")
+    if "retain_on_agreement" in rec:
+        lines.append(f"(--target-on agreement would recommend retain {rec['retain_on_agreement']:g})")
     lines.append(
         f"written: {result.output.rstrip('/')}/recommendation.json (use: jobs.run --retain-from FILE)"
     )

@@ -17,7 +17,7 @@ import numpy as np
 
 from quality.scoring import TRANSCRIPTION_TASKS, normalize
 
-__all__ = ["macro_f1", "summarize", "task_score"]
+__all__ = ["macro_f1", "score_kept", "summarize", "task_score"]
 
 
 def macro_f1(predictions: list[str], answers: list[str]) -> float:
@@ -67,6 +67,22 @@ class _Task:
         if self.transcription:
             return 100.0 * float(self.score[pick].mean())
         return 100.0 * _f1(self.pred[pick], self.gold[pick], self.k)
+
+
+def score_kept(pruned, vanilla, resamples: int = 2000, seed: int = 0):
+    """(share, low, high): sum(pruned) / sum(vanilla) of per-sample scores on the same samples, and its paired
+    percentile-bootstrap 95% interval (one draw of samples for both); (None, None, None) when vanilla sums to 0."""
+    p = np.stack(
+        [np.asarray(pruned, dtype=np.float64), np.asarray(vanilla, dtype=np.float64)], axis=1
+    )  # [n, 2]
+    if p.size == 0 or p[:, 1].sum() <= 0:
+        return None, None, None
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(p), size=(resamples, len(p)))  # [resamples, n]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = p[idx, 0].sum(axis=1) / p[idx, 1].sum(axis=1)  # [resamples]
+    lo, hi = np.percentile(ratios[np.isfinite(ratios)], [2.5, 97.5])
+    return float(p[:, 0].sum() / p[:, 1].sum()), float(lo), float(hi)
 
 
 def _average(scores: dict[str, float], vanilla: dict[str, float]) -> float:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from quality.agreement import agreement, mean_interval
+from quality.metrics import score_kept
 from quality.scoring import score
 
 __all__ = ["holdout_check", "relation_table", "scored_rows"]
@@ -71,14 +72,10 @@ def holdout_check(
     pruned = [r for r in rows if r["retain"] == retain and (r["method"] != "vanilla" or retain == 1.0)]
     pairs = [(r["score"], vanilla[r["id"]]) for r in pruned if r["id"] in vanilla]
     p = np.asarray(pairs, dtype=np.float64)  # [n, 2]: pruned, vanilla
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(p), size=(resamples, len(p)))  # [resamples, n]
-    ratios = p[idx, 0].sum(axis=1) / p[idx, 1].sum(axis=1)
-    share = float(p[:, 0].sum() / p[:, 1].sum())
-    lo, hi = np.percentile(ratios, [2.5, 97.5])
+    share, lo, hi = score_kept(p[:, 0], p[:, 1], resamples, seed)
     return dict(retain=retain, target=target, chunks=len(p), vanilla_score=float(p[:, 1].mean()),
-                pruned_score=float(p[:, 0].mean()), share_of_vanilla=share, low=float(lo), high=float(hi),
-                kept=share >= target)  # fmt: skip
+                pruned_score=float(p[:, 0].mean()), share_of_vanilla=share, low=lo, high=hi,
+                kept=share is not None and share >= target)  # fmt: skip
 
 
 def markdown(relation: list[dict], holdouts: list[dict]) -> str:
