@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_PREFILTER", "METHODS", "PROBE_INPUTS", "QUERY_TOKENS", "SKIP_SILENCE", "PruneOptions"]
+__all__ = [
+    "BUDGETS",
+    "BUDGET_CEILING",
+    "BUDGET_FLOOR",
+    "DEFAULT_PREFILTER",
+    "METHODS",
+    "PROBE_INPUTS",
+    "QUERY_TOKENS",
+    "SKIP_SILENCE",
+    "PruneOptions",
+]
 
 METHODS = (
     "vanilla",
@@ -27,6 +37,13 @@ PROBE_INPUTS = ("normed", "hidden")
 QUERY_TOKENS = ("after_audio", "all_text")
 # Detectors of empty encoder windows (headrouter.engine.gating): none, an energy gate relative to the chunk, Silero VAD.
 SKIP_SILENCE = ("off", "energy", "vad")
+# How many audio tokens each sample keeps (headrouter.budget): "fixed" = floor(Na * retain) for every sample;
+# "adaptive" = the fewest tokens holding a calibrated share of the sample's own importance, clipped to
+# [BUDGET_FLOOR * retain, BUDGET_CEILING * retain] of its tokens (at most all of them), the share calibrated so
+# that the mean kept fraction on the calibration split is `retain`. Random and Frame have no scores: always fixed.
+BUDGETS = ("fixed", "adaptive")
+BUDGET_FLOOR = 0.25
+BUDGET_CEILING = 2.0
 
 # The Frame pre-filter's intermediate budget: HeadRouter scores min(Na, ceil(2.0 * k)) evenly spaced
 # candidates and keeps the best k. The paper leaves the ratio open; 2 halves the candidates per kept token.
@@ -58,6 +75,9 @@ class PruneOptions:
     skip_silence: "off" (default), "energy" or "vad" (`headrouter.engine.gating`): remove empty 2-s encoder windows
     before the audio encoder (Qwen2.5-Omni only), kept tokens keeping their original positions; `retain` then
     counts against the remaining audio tokens. A clip with every window empty comes back `silent`.
+    budget: "fixed" (default) or "adaptive", see `BUDGETS`; "adaptive" needs profiles with a budget calibration
+    (`python -m jobs.calibrate_budget`). `max_kept_fraction` bounds every sample's kept share without running
+    the model (what a batch planner reserves KV for).
     override_profile_settings: use profiles calibrated under another layer / probe input / query tokens /
     pre-filter ratio anyway (a warning instead of `ProfileError`, see `Profiles.check_settings`).
     """
@@ -73,6 +93,7 @@ class PruneOptions:
     seed: int = 0
     override_profile_settings: bool = False
     skip_silence: str = "off"
+    budget: str = "fixed"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -91,6 +112,22 @@ class PruneOptions:
             raise ValueError(f"query_tokens must be one of {QUERY_TOKENS}, got {self.query_tokens!r}")
         if self.skip_silence not in SKIP_SILENCE:
             raise ValueError(f"skip_silence must be one of {SKIP_SILENCE}, got {self.skip_silence!r}")
+        if self.budget not in BUDGETS:
+            raise ValueError(f"budget must be one of {BUDGETS}, got {self.budget!r}")
+
+    @property
+    def adaptive(self) -> bool:
+        """True when each sample's kept count comes from its own scores (budget "adaptive", a scored method)."""
+        return self.budget == "adaptive" and self.method not in ("vanilla", "random", "frame")
+
+    @property
+    def max_kept_fraction(self) -> float:
+        """Upper bound of any sample's kept share of its audio tokens: floor(Na * this) tokens at most."""
+        if self.method == "vanilla":
+            return 1.0
+        if not self.adaptive:
+            return float(self.retain)
+        return min(1.0, BUDGET_CEILING * float(self.retain))
 
     @property
     def routing(self) -> str | None:

@@ -83,6 +83,8 @@ class Profiles:
     spread axis (eq. 11); layer is the pruning layer M the profiles were calibrated for.
     settings: {layer, probe_input, query_tokens, prefilter} of the calibration, or None when unknown (version 1
     files, uniform profiles): then `check_settings` accepts any run. router: the learned router, or None.
+    budget: the adaptive budget's calibration (`headrouter.budget`: rule, floor, ceiling, a retain grid and one
+    threshold per grid point for each scoring method), or None.
     """
 
     semantic: tuple[float, ...]
@@ -94,6 +96,7 @@ class Profiles:
     calibration: dict = field(default_factory=dict, hash=False)
     settings: dict | None = field(default=None, hash=False)
     router: LearnedRouter | None = field(default=None, hash=False)
+    budget: dict | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         sem = _weights("semantic", self.semantic)
@@ -140,6 +143,16 @@ class Profiles:
                 raise ProfileError(
                     f"profiles: the router expects {self.router.num_features} features, {names} give {expected}"
                 )
+        if self.budget is not None:
+            if not isinstance(self.budget, dict) or not {"retains", "thresholds"} <= set(self.budget):
+                raise ProfileError("profiles: budget must be an object with 'retains' and 'thresholds'")
+            grid = self.budget["retains"]
+            for key, taus in self.budget["thresholds"].items():
+                if len(taus) != len(grid) or any(not 0.0 <= float(t) <= 1.0 for t in taus):
+                    raise ProfileError(
+                        f"profiles: budget thresholds of {key!r} must be {len(grid)} numbers in [0, 1]"
+                    )
+            object.__setattr__(self, "budget", dict(self.budget))
         object.__setattr__(self, "semantic", sem)
         object.__setattr__(self, "acoustic", aco)
         object.__setattr__(self, "centers", centers)
@@ -229,6 +242,7 @@ class Profiles:
             "calibration": self.calibration,
             "settings": self.settings,
             "router": None if self.router is None else self.router.to_dict(),
+            **({} if self.budget is None else {"budget": self.budget}),
         }
 
     @classmethod
@@ -262,6 +276,7 @@ class Profiles:
             calibration=data.get("calibration", {}),
             settings=data.get("settings"),
             router=router,
+            budget=data.get("budget"),
         )
         declared = data["num_heads"]
         if isinstance(declared, bool) or not isinstance(declared, int) or declared != profiles.num_heads:

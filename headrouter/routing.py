@@ -232,7 +232,13 @@ class HeadRouter:
         return frame_indices(num_audio, m)
 
     def select(
-        self, q_text: torch.Tensor, k_audio: torch.Tensor, retain: float, *, category: str | None = None
+        self,
+        q_text: torch.Tensor,
+        k_audio: torch.Tensor,
+        retain: float,
+        *,
+        category: str | None = None,
+        budget=None,
     ) -> Selection:
         """Route and select audio tokens for one sample.
 
@@ -240,6 +246,8 @@ class HeadRouter:
         k_audio [H, Na, d]: no-RoPE keys of the audio tokens (KV heads repeated for GQA).
         retain: fraction of audio tokens kept, in [0, 1]; keeps floor(Na * retain).
         category: the sample's true category ("semantic" | "acoustic"); used by routing="oracle" only.
+        budget: a `headrouter.budget.BudgetRule` (adaptive: the count comes from this sample's importance), or
+        None (fixed: floor(Na * retain)).
         """
         if q_text.dim() != 3 or k_audio.dim() != 3:
             raise ValueError(
@@ -270,6 +278,8 @@ class HeadRouter:
         weights = mix_head_weights(alpha, self._semantic.to(device), self._acoustic.to(device))  # [H]
         importance = token_importance(weights, probe)  # [Na]
 
+        if budget is not None:
+            k = budget.count(importance)
         cand = self.candidates(na, k).to(device)  # [m]
         keep = cand[topk_keep(importance[cand], k).to(device)]  # [k], ascending because cand is
         return Selection(keep, probe, sel, spread, alpha, weights, importance)

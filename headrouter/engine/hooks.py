@@ -22,7 +22,9 @@ import torch
 
 from headrouter.attention import check_attention, project_qk, rope_fn
 from headrouter.baselines import fastv_importance, select_dart, select_frame, select_random, topk_keep
+from headrouter.budget import budget_rule
 from headrouter.options import PruneOptions
+from headrouter.profiles import Profiles
 from headrouter.routing import HeadRouter, Selection, keep_count
 
 __all__ = ["AudioTokenIds", "PruneHandle", "PruneRecord", "SampleInfo", "apply_pruning", "audio_spans"]
@@ -54,6 +56,7 @@ class PruneRecord:
     keep_audio: torch.Tensor | None = None  # [k] ascending indices into `prunable`
     keep: torch.Tensor | None = None  # [T_kept] ascending sequence positions seen by layers >= M
     selection: Selection | None = None
+    scores: torch.Tensor | None = None  # [Na] the per-token scores an adaptive budget reads (scored methods)
     prefills: int = 0
 
     @property
@@ -133,13 +136,16 @@ def audio_spans(input_ids: torch.Tensor, ids: AudioTokenIds, options: PruneOptio
 
 
 class _Pruner:
-    def __init__(self, layers, final_norm, ids: AudioTokenIds, options: PruneOptions, router, samples):
+    def __init__(
+        self, layers, final_norm, ids: AudioTokenIds, options: PruneOptions, router, samples, budget=None
+    ):
         self.layers = layers
         self.final_norm = final_norm
         self.ids = ids
         self.options = options
         self.router = router
         self.samples = samples
+        self.budget = budget  # headrouter.budget.BudgetRule of an adaptive budget, else None (fixed)
         self.m = options.layer
         self.records = [PruneRecord()]
         self.prefill = False
@@ -312,15 +318,24 @@ class _Pruner:
                 keep_audio = select_frame(na, k)
             elif method == "fastv":
                 keys = self._prev_keys(b, cache)
-                keep_audio = topk_keep(fastv_importance(self._fastv_query(b, normed), keys, prunable), k)
+                rec.scores = fastv_importance(self._fastv_query(b, normed), keys, prunable)  # [Na]
+                k = k if self.budget is None else self.budget.count(rec.scores)
+                keep_audio = topk_keep(rec.scores, k)
             elif method == "dart":
                 hidden = self.final_norm(layer_in)  # [Tb, D]
-                keys = self._prev_keys(b, cache).transpose(0, 1).reshape(layer_in.shape[0], -1)  # [Tb, H*d]
+                keys = self._prev_keys(b, cache)  # [H, Tb, d]
+                if self.budget is not None:  # DART scores no tokens: the count comes from FastV's attention
+                    rec.scores = fastv_importance(self._fastv_query(b, normed), keys, prunable)  # [Na]
+                    k = self.budget.count(rec.scores)
+                keys = keys.transpose(0, 1).reshape(layer_in.shape[0], -1)  # [Tb, H*d]
                 keep_audio = select_dart(hidden, keys, prunable, k)
             elif opt.routing is not None:
                 q_text, k_audio = self._probe(b, normed, layer_in)
                 extra = {"category": info.category} if info.category is not None else {}
+                if self.budget is not None:
+                    extra["budget"] = self.budget
                 rec.selection = self.router.select(q_text, k_audio, opt.retain, **extra)
+                rec.scores = rec.selection.importance  # [Na]
                 keep_audio = rec.selection.keep
             else:
                 raise ValueError(f"no pruning rule for method {method!r}")
@@ -397,12 +412,14 @@ def apply_pruning(
     options: PruneOptions,
     router: HeadRouter | None = None,
     samples: list[SampleInfo] | None = None,
+    profiles: Profiles | None = None,
 ) -> PruneHandle:
     """Register pruning hooks on a stock model; returns a handle whose `remove()` restores it.
 
     model: the module called with `input_ids` (e.g. the thinker); layers: its decoder layers (ModuleList);
     final_norm: the text model's final norm (DART's hidden states); router: required for headrouter methods;
-    samples: per-sample SampleInfo of the batch (random seeds, oracle categories), or None.
+    samples: per-sample SampleInfo of the batch (random seeds, oracle categories), or None; profiles: the
+    model's profiles, whose budget calibration `options.budget == "adaptive"` reads (default: the router's).
     Prunes at layer `options.layer` (M in [1, L-1]) during prefill; decode is left to the stock code.
     """
     num_layers = len(layers)
@@ -419,7 +436,13 @@ def apply_pruning(
     if router is not None:
         router.profiles.check_heads(attn.config.num_attention_heads)
 
-    pruner = _Pruner(layers, final_norm, ids, options, router, samples)
+    budget = None
+    if options.adaptive:
+        profiles = profiles if profiles is not None else getattr(router, "profiles", None)
+        if profiles is None:
+            raise ValueError(f"budget 'adaptive' for {options.method!r} needs the model's profiles")
+        budget = budget_rule(profiles, options.method, options.retain)
+    pruner = _Pruner(layers, final_norm, ids, options, router, samples, budget)
     handle = PruneHandle(pruner=pruner)
     handle.handles.append(model.register_forward_pre_hook(pruner.model_pre, with_kwargs=True))
     handle.handles.append(attn.register_forward_pre_hook(pruner.attn_prev_pre, with_kwargs=True))

@@ -228,8 +228,9 @@ class LALM:
 
         if options.method == "vanilla":
             return None
+        profiles = self.profiles(options.profiles) if options.adaptive else None  # the budget's thresholds
         return apply_pruning(
-            self.model, self.layers, self.final_norm, self.token_ids, options, router, samples
+            self.model, self.layers, self.final_norm, self.token_ids, options, router, samples, profiles
         )
 
     # ---- inference ----------------------------------------------------------------------------------
