@@ -124,6 +124,7 @@ def pipeline_rows(folder: Path, model: str, files: int, seconds: float, batch: i
     import ray
 
     from bench.pipeline import make_audio
+    from headrouter.options import PruneOptions
     from pipeline import RunOptions, read_results, run_job
 
     archive = folder / f"archive-{files}x{int(seconds)}s"
@@ -135,7 +136,7 @@ def pipeline_rows(folder: Path, model: str, files: int, seconds: float, batch: i
         for name, size in (("serial", 1), ("batched", batch)):
             dest = folder / f"out-{name}"
             opts = RunOptions(
-                input=str(archive), output=str(dest), model=model, method="headrouter", retain=0.4,
+                input=str(archive), output=str(dest), model=model, prune=PruneOptions(retain=0.4),
                 workers=(1, 1), batch_size=size, max_new_tokens=new_tokens, progress_s=60.0,
             )  # fmt: skip
             start = time.perf_counter()
@@ -156,15 +157,18 @@ def pipeline_rows(folder: Path, model: str, files: int, seconds: float, batch: i
 def budget_rows(chunk_s: float = 300.0, new_tokens: int = 64, vanilla_chunks: int = 16) -> list[dict]:
     """Chunks one budget holds (sized for `vanilla_chunks` unpruned chunks) at retain 1.0 and 0.4."""
     from headrouter.routing import keep_count
-    from workers.batching import KVCost, plan_batches
+    from workers.batching import plan_batches
 
     audio = int(chunk_s * 25)
     text = 40
     rows = []
     for name, layers in (("scaled 12-layer", 12), ("Qwen2.5-Omni-3B (36 layers)", 36)):
-        cost = KVCost(layers, 2, new_tokens)
-        full = cost(audio + text, audio + text)
-        pruned = cost(audio + text, keep_count(audio, 0.4) + text)
+
+        def cost(kept: int, layers=layers) -> float:  # LALM.kv_tokens of one chunk at M = 2: slots / L
+            return (2 * (audio + text + new_tokens) + (layers - 2) * (kept + new_tokens)) / layers
+
+        full = cost(audio + text)
+        pruned = cost(keep_count(audio, 0.4) + text)
         budget = vanilla_chunks * full
         fit = [len(plan_batches([c] * 256, 256, budget)[0]) for c in (full, pruned)]
         rows.append({"model": name, "budget": budget, "vanilla": fit[0], "headrouter_0.4": fit[1],

@@ -230,6 +230,7 @@ def pipeline_throughput(
     """
     import ray
 
+    from headrouter.options import PruneOptions
     from pipeline import RunOptions, run_job
 
     big = folder / f"pipeline-{2 * files}x{int(seconds)}s"
@@ -269,8 +270,7 @@ def pipeline_throughput(
                     input=str(small if name == "small" else big),
                     output=out,
                     model=model,
-                    method=method,
-                    retain=retain,
+                    prune=PruneOptions(method=method, retain=retain),
                     workers=(n, n),
                     batch_size=batch_size,
                     max_new_tokens=max_new_tokens,

@@ -1,4 +1,8 @@
-"""PruneOptions: the one frozen, picklable options object passed from the entry points down to the hooks."""
+"""PruneOptions: the one frozen, picklable options object of a pruning setting.
+
+In a batch run it is built once from the command line (`pipeline.cli`), carried whole by `RunOptions.prune` and
+`WorkerOptions.prune` to the inference actors, and passed unchanged to `LALM.generate`, whose hooks read it
+(docs/pipeline.md, "Options flow")."""
 
 from __future__ import annotations
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from pipeline.options import RunOptions, RunSummary, UsageError
+from headrouter.options import METHODS, SKIP_SILENCE, PruneOptions
+from pipeline.options import RunOptions, RunSummary, UsageError, retain_error
 
 __all__ = ["RunRequest", "format_summary", "parse_run_args", "run_metrics", "workers_range"]
 
@@ -33,10 +34,10 @@ def parse_run_args(argv: list[str] | None = None, prog: str = "python -m jobs.ru
         "--input", required=True, help="local folder, s3://bucket/prefix, or manifest .jsonl/.csv/.parquet"
     )
     p.add_argument("--output", required=True, help="local folder or s3://bucket/prefix")
-    p.add_argument("--model", default="tiny-random")
-    p.add_argument("--method", default="headrouter")
+    p.add_argument("--model", default=RunOptions.model)
+    p.add_argument("--method", default=PruneOptions.method)
     p.add_argument(
-        "--retain", type=float, default=None, help=f"share of audio tokens kept ({RunOptions.retain})"
+        "--retain", type=float, default=None, help=f"share of audio tokens kept ({PruneOptions.retain})"
     )
     p.add_argument(
         "--retain-from", default=None, metavar="FILE", help="take retain from jobs.tune's recommendation.json"
@@ -47,12 +48,12 @@ def parse_run_args(argv: list[str] | None = None, prog: str = "python -m jobs.ru
         default=0.0,
         help="share of chunks also run unpruned to measure agreement live (0: none; e.g. 0.02)",
     )
-    p.add_argument("--layer", type=int, default=2, help="pruning layer M (1 .. layers-1)")
+    p.add_argument("--layer", type=int, default=PruneOptions.layer, help="pruning layer M (1 .. layers-1)")
     p.add_argument("--profiles", default=None, help="head-weight profile JSON (default: the model's own)")
     p.add_argument(
         "--skip-silence",
-        default=RunOptions.skip_silence,
-        choices=["off", "energy", "vad"],
+        default=PruneOptions.skip_silence,
+        choices=SKIP_SILENCE,
         help="remove empty 2-s windows before the audio encoder (Qwen2.5-Omni; docs/method.md)",
     )
     p.add_argument("--task", default="asr", choices=["asr", "qa"])
@@ -60,14 +61,20 @@ def parse_run_args(argv: list[str] | None = None, prog: str = "python -m jobs.ru
     p.add_argument("--workers", default="1..2", type=workers_range, help="actor pool size MIN..MAX (or N)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0)
     p.add_argument("--cpus-per-worker", type=float, default=0.5)
-    p.add_argument("--batch-size", type=int, default=4, help="chunks per actor batch and per generate call")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=RunOptions.batch_size,
+        help="chunks per actor batch and per generate call",
+    )
     p.add_argument(
         "--max-batch-tokens",
         type=int,
         default=None,
-        help="most KV tokens per generate call (kept tokens for layers >= M; default: no limit)",
+        help="most KV tokens per generate call, per layer on average: the call's size x (its longest input for "
+        "layers < M, its longest kept input for layers >= M, plus the new tokens) (default: no limit)",
     )
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=RunOptions.max_new_tokens)
     p.add_argument("--max-error-fraction", type=float, default=0.1)
     p.add_argument(
         "--retry-errors", action="store_true", help="reprocess sources that failed in earlier runs"
@@ -95,19 +102,11 @@ def parse_run_args(argv: list[str] | None = None, prog: str = "python -m jobs.ru
         "--tokens-per-audio-s", type=float, default=3.0, help="ASR output rate for --dry-run (3 per second)"
     )
     a = p.parse_args(argv)
-    retain = RunOptions.retain if a.retain is None else a.retain
-    if a.retain_from is not None:
-        if a.retain is not None:
-            raise UsageError("give --retain or --retain-from, not both")
-        from pipeline.tune import recommended_retain
-
-        retain = recommended_retain(a.retain_from, a.model, a.method)
     opts = RunOptions(
         input=a.input,
         output=a.output,
         model=a.model,
-        method=a.method,
-        retain=retain,
+        prune=prune_options(a),
         task=a.task,
         question=a.question,
         workers=a.workers,
@@ -127,13 +126,30 @@ def parse_run_args(argv: list[str] | None = None, prog: str = "python -m jobs.ru
         run_id=a.run_id,
         metrics_port=a.metrics_port,
         metrics_addr=a.metrics_addr,
-        layer=a.layer,
-        profiles=a.profiles,
-        skip_silence=a.skip_silence,
         pushgateway=a.pushgateway,
         job_name=a.job_name,
     )
     return RunRequest(opts.validate(), a.commit_every_s, a.dry_run, a.gpu, a.tokens_per_audio_s)
+
+
+def prune_options(a: argparse.Namespace) -> PruneOptions:
+    """The run's one PruneOptions, from the pruning flags (a mistake is a UsageError naming its flag)."""
+    retain = PruneOptions.retain if a.retain is None else a.retain
+    if a.retain_from is not None:
+        if a.retain is not None:
+            raise UsageError("give --retain or --retain-from, not both")
+        from pipeline.tune import recommended_retain
+
+        retain = recommended_retain(a.retain_from, a.model, a.method)
+    if a.method not in METHODS:
+        raise UsageError(f"--method must be one of {', '.join(METHODS)}, got {a.method!r}")
+    if not 0.0 < retain <= 1.0:
+        raise UsageError(retain_error(retain))
+    if a.layer < 1:
+        raise UsageError(f"--layer must be >= 1 (pruning at layer 0 is not supported), got {a.layer}")
+    return PruneOptions(
+        method=a.method, retain=retain, layer=a.layer, profiles=a.profiles, skip_silence=a.skip_silence
+    )
 
 
 def workers_range(text: str) -> tuple[int, int]:
@@ -193,7 +209,7 @@ def run_metrics(opts: RunOptions):
     if opts.metrics_port is not None:
         monitoring.serve(opts.metrics_port, addr=opts.metrics_addr)
     rm = monitoring.RunMetrics(
-        opts.job_name, opts.run_id, opts.model, opts.method, opts.task, gateway=opts.pushgateway
+        opts.job_name, opts.run_id, opts.model, opts.prune.method, opts.task, gateway=opts.pushgateway
     )
     rm.start()
     return rm

@@ -47,12 +47,12 @@ class ArchivePlan:
 def plan_archive(opts: RunOptions) -> ArchivePlan:
     """List `opts.input` and read each source's duration from its header; chunks are cut at the model's window
     (or --window-s), the way the pipeline cuts them (quiet points move a cut by at most a few seconds)."""
-    from headrouter.engine.audio import HOP_LENGTH, SAMPLE_RATE, tokens_from_frames
+    from headrouter.engine.audio import HOP_LENGTH, SAMPLE_RATE
     from headrouter.engine.loading import adapter_for_model
 
     adapter = adapter_for_model(opts.model, opts.s3_endpoint)
     window = min(float(adapter.WINDOW_S), opts.window_s or math.inf)
-    count = getattr(adapter, "audio_token_count", tokens_from_frames)
+    count = adapter.audio_token_count
     fs = make_filesystem(opts.input, opts.s3_endpoint)
     sources = unknown = tokens = 0
     total = 0.0
@@ -70,9 +70,9 @@ def plan_archive(opts: RunOptions) -> ArchivePlan:
             tokens += count(math.ceil(s * SAMPLE_RATE / HOP_LENGTH))
     one_second = count(SAMPLE_RATE // HOP_LENGTH * 60) / 60
     return ArchivePlan(
-        model=opts.model, retain=opts.retain, method=opts.method, layer=opts.layer, window_s=window,
-        max_new_tokens=opts.max_new_tokens, sources=sources, unknown=unknown, audio_s=total, chunk_s=chunks,
-        audio_tokens=tokens, tokens_per_s=one_second,
+        model=opts.model, retain=opts.prune.retain, method=opts.prune.method, layer=opts.prune.layer,
+        window_s=window, max_new_tokens=opts.max_new_tokens, sources=sources, unknown=unknown, audio_s=total,
+        chunk_s=chunks, audio_tokens=tokens, tokens_per_s=one_second,
     )  # fmt: skip
 
 

@@ -125,16 +125,13 @@ def build_dataset(items: list[dict], opts: RunOptions, window_s: float):
 
 
 def worker_options(opts: RunOptions):
-    """The inference actors' share of the run options."""
+    """The inference actors' share of the run options: the run's PruneOptions (the same object) and the
+    serving settings."""
     from workers.options import WorkerOptions
 
     return WorkerOptions(
         model=opts.model,
-        method=opts.method,
-        retain=opts.retain,
-        layer=opts.layer,
-        profiles=opts.profiles,
-        skip_silence=opts.skip_silence,
+        prune=opts.prune,
         device=opts.device,
         gpus_per_worker=opts.gpus_per_worker,
         max_new_tokens=opts.max_new_tokens,

@@ -243,7 +243,7 @@ def _run_metrics(run: RunOptions):
     from monitoring import RunMetrics
 
     return RunMetrics(
-        run.job_name, run.run_id, run.model, run.method, run.task, gateway=run.pushgateway, served=False
+        run.job_name, run.run_id, run.model, run.prune.method, run.task, gateway=run.pushgateway, served=False
     )
 
 
@@ -336,7 +336,7 @@ def _push_empty_success(run: RunOptions, run_id: str) -> None:
         log.warning("monitoring package unavailable: nothing pushed")
         return
     metrics = RunMetrics(
-        run.job_name, run_id, run.model, run.method, run.task, gateway=run.pushgateway, served=False
+        run.job_name, run_id, run.model, run.prune.method, run.task, gateway=run.pushgateway, served=False
     )
     metrics.finish(success=True, duration_s=0.0)
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from headrouter.options import PruneOptions
+from workers.options import WorkerOptions
 
 TASKS = ("asr", "qa")
 
@@ -18,20 +21,23 @@ class RunFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class RunOptions:
+    """One batch run. `prune` is the one PruneOptions of the run: built once (by the command line, or by the
+    caller), handed to the inference actors inside their WorkerOptions and from there to every `generate` call,
+    never copied field by field. The serving settings' defaults are WorkerOptions' own."""
+
     input: str
     output: str
-    model: str = "tiny-random"
-    method: str = "headrouter"
-    retain: float = 0.6
+    model: str = WorkerOptions.model
+    prune: PruneOptions = field(default_factory=PruneOptions)
     task: str = "asr"
     question: str | None = None
     workers: tuple[int, int] = (1, 2)
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 0.5
-    batch_size: int = 4  # chunks per Ray batch, and most chunks in one generate call
-    max_batch_tokens: int | None = None  # most KV tokens in one generate call (workers.batching.KVCost)
+    batch_size: int = WorkerOptions.batch_size  # chunks per Ray batch, and most chunks in one generate call
+    max_batch_tokens: int | None = None  # most KV tokens in one generate call (LALM.kv_tokens)
     shadow_fraction: float = 0.0  # share of chunks also run unpruned to measure agreement (workers.shadow)
-    max_new_tokens: int = 64
+    max_new_tokens: int = WorkerOptions.max_new_tokens
     max_error_fraction: float = 0.1
     retry_errors: bool = False
     s3_endpoint: str | None = None
@@ -41,10 +47,7 @@ class RunOptions:
     max_duration_s: float = 12 * 3600.0  # per source; longer sources become error rows
     decode_timeout_s: float = 3600.0  # wall time for decoding one source
     max_input_bytes: int = 8 << 30  # per source
-    device: str = "cpu"
-    layer: int = 2  # pruning layer M (headrouter.PruneOptions)
-    profiles: str | None = None  # head-weight profile JSON; None: the model folder's, else uniform
-    skip_silence: str = "off"  # empty 2-s windows removed before the encoder (headrouter.PruneOptions)
+    device: str = WorkerOptions.device
     metrics_port: int | None = None
     metrics_addr: str = "127.0.0.1"  # 0.0.0.0 in a container so Prometheus can scrape the pod
     pushgateway: str | None = None
@@ -57,24 +60,15 @@ class RunOptions:
             raise UsageError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.task == "qa" and not self.question and not _looks_like_manifest(self.input):
             raise UsageError("--task qa needs --question (or a manifest with a 'question' column)")
-        from headrouter.options import METHODS
-
-        if self.method not in METHODS:
-            raise UsageError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.method == "headrouter-oracle":
+        # PruneOptions checked its own fields when it was built; a run asks for more than that
+        if not isinstance(self.prune, PruneOptions):
+            raise UsageError(f"prune must be a PruneOptions, got {type(self.prune).__name__}")
+        if self.prune.method == "headrouter-oracle":
             raise UsageError(
                 "--method headrouter-oracle needs each clip's true category: evaluation only (jobs.eval)"
             )
-        if not 0.0 < self.retain <= 1.0:
-            raise UsageError(f"--retain must be in (0, 1], got {self.retain}")
-        if self.layer < 1:
-            raise UsageError(f"--layer must be >= 1 (pruning at layer 0 is not supported), got {self.layer}")
-        from headrouter.options import SKIP_SILENCE
-
-        if self.skip_silence not in SKIP_SILENCE:
-            raise UsageError(
-                f"--skip-silence must be one of {', '.join(SKIP_SILENCE)}, got {self.skip_silence!r}"
-            )
+        if not 0.0 < self.prune.retain <= 1.0:
+            raise UsageError(retain_error(self.prune.retain))
         lo, hi = self.workers
         if lo < 1 or hi < lo:
             raise UsageError(f"--workers must be MIN..MAX with 1 <= MIN <= MAX, got {lo}..{hi}")
@@ -134,6 +128,10 @@ class RunSummary:
         d["rtf"] = self.rtf
         d["error_fraction"] = self.error_fraction
         return d
+
+
+def retain_error(retain) -> str:
+    return f"--retain must be in (0, 1], got {retain}"
 
 
 def _looks_like_manifest(uri: str) -> bool:

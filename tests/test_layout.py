@@ -89,3 +89,15 @@ def test_import_reader_sees_lazy_and_dynamic_imports(tmp_path):
         "    importlib.import_module('jobs.run')\n"
     )
     assert imported_modules(src) == {"os.path", "ray.data", "jobs.run"}
+
+
+def test_options_import_without_torch():
+    """The options and the pipeline's driver modules load no torch (the actors do, when they load the model)."""
+    code = (
+        "import sys\n"
+        "import headrouter.options, headrouter, pipeline.cli, pipeline.graph, pipeline.runner, jobs.run\n"
+        "import workers.inference\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]

@@ -13,7 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from pyarrow import fs as pafs
 
+from headrouter.options import PruneOptions
 from pipeline.chunking import chunk_stream, quiet_cut
+from pipeline.cli import parse_run_args
 from pipeline.decode import DecodeError, DecodeLimits, decode_stream
 from pipeline.graph import SEGMENT_SCHEMA, decode_and_chunk, source_items
 from pipeline.options import RunOptions, UsageError
@@ -84,10 +86,14 @@ def test_manifest_duplicate_ids_and_bad_lines_are_usage_errors(tmp_path):
 
 def test_options_validation():
     RunOptions(input="x", output="y").validate()
-    for bad in [dict(task="tts"), dict(retain=0), dict(workers=(2, 1)), dict(method="magic"), dict(run_id="../x"),
-                dict(task="qa")]:  # fmt: skip
+    for bad in [dict(task="tts"), dict(prune=PruneOptions(retain=0)), dict(workers=(2, 1)), dict(run_id="../x"),
+                dict(task="qa"), dict(prune=PruneOptions(method="headrouter-oracle"))]:  # fmt: skip
         with pytest.raises(UsageError):
             RunOptions(input="x", output="y", **bad).validate()
+    for flags, message in ((["--method", "magic"], "--method must be one of"), (["--layer", "0"], "--layer must"),
+                           (["--retain", "1.5"], r"--retain must be in \(0, 1\]")):  # fmt: skip
+        with pytest.raises(UsageError, match=message):
+            parse_run_args(["--input", "x", "--output", "y", *flags])
 
 
 # --- decoding --------------------------------------------------------------------------------------------------
@@ -322,10 +328,14 @@ class FakeGen:
     kv_bytes_kept: int = 6
     prefill_s: float = 0.1
     decode_s: float = 0.01
+    skipped_s: float = 0.0
+    silent: bool = False
 
 
 class FakeLALM:
-    model_id, window_s = "fake", 30.0
+    """workers.engine.Engine without a model: one token per 100 samples, every clip in one group."""
+
+    model_id, window_s, asr_prompt = "fake", 30.0, "transcribe"
 
     def __init__(self):
         self.calls = []
@@ -336,6 +346,25 @@ class FakeLALM:
             if a.size < 640:
                 raise ValueError("audio sample 0: too short")
         return [FakeGen(f"n={a.size}", routing={"alpha": (0.5, 0.3, 0.2), "spread": 0.1}) for a in audios]
+
+    def token_counts(self, num_samples, prompt):
+        return num_samples // 100 + 1, num_samples // 100
+
+    def batch_groups(self, num_samples):
+        return [list(range(len(num_samples)))]
+
+    def kv_tokens(self, counts, options, max_new_tokens):
+        return len(counts) * (max(t for t, _ in counts) + max_new_tokens)
+
+
+def test_the_fake_and_the_engine_implement_the_interface_the_worker_types():
+    from headrouter import load_lalm
+    from workers.engine import Engine
+
+    wanted = {n for n in vars(Engine) if not n.startswith("_")} | set(Engine.__annotations__)
+    assert {"generate", "token_counts", "batch_groups", "kv_tokens", "window_s", "asr_prompt"} <= wanted
+    for engine in (FakeLALM(), load_lalm("tiny-random")):
+        assert [n for n in sorted(wanted) if not hasattr(engine, n)] == [], type(engine).__name__
 
 
 def segment_batch(rows):

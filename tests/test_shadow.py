@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pytest
 
+from headrouter.options import PruneOptions
 from pipeline.cli import format_summary, parse_run_args
 from pipeline.graph import SEGMENT_SCHEMA, worker_options
 from pipeline.options import RunSummary, UsageError
@@ -62,9 +63,10 @@ def test_mean_interval():
     assert mean_interval([1.0] * 30 + [0.0] * 10, seed=3) == (mean, lo, hi)  # seeded
 
 
-def _worker(**kw):
+def _worker(method="headrouter", retain=0.6, **kw):
+    prune = PruneOptions(method=method, retain=retain, layer=1)
     worker = InferenceWorker(
-        WorkerOptions(model="tiny-random", max_new_tokens=4, layer=1, **kw), CHUNK_SCHEMA
+        WorkerOptions(model="tiny-random", prune=prune, max_new_tokens=4, **kw), CHUNK_SCHEMA
     )
     worker._metrics = _Recorder()
     return worker

@@ -179,8 +179,8 @@ def _write(tmp_path, obj) -> str:
 def test_retain_from_reads_the_recommendation_and_checks_it(tmp_path):
     args = ["--input", "in", "--output", "out", "--model", "tiny-synth"]
     good = _write(tmp_path, {"retain": 0.3, "model": "tiny-synth", "method": "headrouter"})
-    assert parse_run_args([*args, "--retain-from", good]).opts.retain == 0.3
-    assert parse_run_args(args).opts.retain == 0.6  # the default without either flag
+    assert parse_run_args([*args, "--retain-from", good]).opts.prune.retain == 0.3
+    assert parse_run_args(args).opts.prune.retain == 0.6  # the default without either flag
     cases = [
         ([*args, "--retain-from", good, "--retain", "0.5"], "--retain or --retain-from, not both"),
         ([*args, "--retain-from", str(tmp_path / "missing.json")], "cannot read it"),
@@ -209,7 +209,7 @@ def test_nightly_takes_retain_from_and_shadow_fraction(tmp_path):
     opts, _ = parse_args(
         ["--input", "in", "--output", "out", "--retain-from", good, "--shadow-fraction", "0.02"]
     )
-    assert (opts.run.retain, opts.run.shadow_fraction) == (0.4, 0.02)
+    assert (opts.run.prune.retain, opts.run.shadow_fraction) == (0.4, 0.02)
 
 
 def test_validation_against_reference_answers(tmp_path):
@@ -260,7 +260,12 @@ def test_tune_on_tiny_synth_writes_a_recommendation_that_jobs_run_uses(tmp_path,
     rec = json.loads((tuned / "recommendation.json").read_text())
     table = json.loads((tuned / "table.json").read_text())
     assert [r["retain"] for r in table["rows"]] == [0.9, 0.3, 0.05] and table["chunks"] == rec["chunks"] == 6
-    assert (rec["model"], rec["method"], rec["task"]) == ("tiny-synth", "headrouter", "qa")
+    assert (rec["model"], rec["method"], rec["task"], rec["budget"]) == (
+        "tiny-synth",
+        "headrouter",
+        "qa",
+        "fixed",
+    )
     assert rec["retain"] in (0.9, 0.3, 0.05, 1.0) and f"recommended retain: {rec['retain']:g}" in printed
     # the demo manifest has an answer per row: the score kept decides, agreement is reported beside it
     assert (rec["target_on"], rec["scored_chunks"], table["target_on"]) == ("quality", 6, "quality")

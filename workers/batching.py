@@ -1,53 +1,50 @@
-"""Planning an actor's batch: chunks grouped by length, split into `generate` calls under a KV-token budget.
+"""Planning an actor's batch: chunks grouped as the engine groups them, by length, split into `generate` calls
+under a KV-token budget.
 
-Pure functions (no model, no Ray), so the plan is tested on its own and the benchmark counts with the same rule.
+A pure function (no model, no Ray): the engine's answers come in as arguments (`LALM.batch_groups`, and a cost
+of a candidate call from `LALM.kv_tokens`), so this is the one place a batch is cut into calls and the engine
+never regroups a planned call.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 
-__all__ = ["KVCost", "plan_batches"]
-
-
-@dataclass(frozen=True)
-class KVCost:
-    """KV tokens one chunk holds at the end of generation, averaged over the decoder's layers.
-
-    Layers < M cache the whole input (text + audio), layers >= M the kept input, every layer the new tokens:
-    cost = (M * input + (L - M) * kept) / L + new. A pruned chunk costs less, so a budget fits more of them.
-    """
-
-    num_layers: int
-    layer: int  # pruning layer M (with nothing pruned, kept == input and M does not matter)
-    max_new_tokens: int
-
-    def __call__(self, input_tokens: int, kept_tokens: int) -> float:
-        m, n = self.layer, self.num_layers
-        return (m * input_tokens + (n - m) * kept_tokens) / n + self.max_new_tokens
+__all__ = ["plan_batches"]
 
 
-def plan_batches(costs: list[float], batch_size: int, max_batch_tokens: float | None) -> list[list[int]]:
-    """Indices of `costs` grouped into batches, longest first, so that neighbours in length share a batch.
+def plan_batches(
+    sizes: list[float],
+    batch_size: int,
+    max_batch_tokens: float | None = None,
+    cost: Callable[[list[int]], float] | None = None,
+    groups: list[list[int]] | None = None,
+) -> list[list[int]]:
+    """Indices 0..len(sizes)-1 grouped into calls, longest first, so that neighbours in length share a call.
 
-    A batch holds at most `batch_size` chunks and, padded to its longest chunk, at most `max_batch_tokens`
-    (size x longest cost). A chunk above the budget on its own still gets a batch of one (the model decides
-    whether it fits). Every index appears exactly once.
+    sizes: each chunk's own size (its cost alone); groups: indices that may share a call (default: all);
+    cost(indices): what one call of these chunks costs (default: len x the largest size), kept at most
+    `max_batch_tokens`. A call holds at most `batch_size` chunks of one group; a chunk above the budget on its own
+    still gets a call of one (the model decides whether it fits). Every index appears exactly once.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    order = sorted(range(len(costs)), key=lambda i: (-costs[i], i))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        longest = costs[current[0]] if current else costs[i]  # sorted: the first is the longest
-        fits = len(current) < batch_size and (
-            max_batch_tokens is None or (len(current) + 1) * longest <= max_batch_tokens
-        )
-        if current and not fits:
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
+    if cost is None:
+
+        def cost(indices: list[int]) -> float:
+            return len(indices) * max(sizes[i] for i in indices)
+
+    calls: list[list[int]] = []
+    for group in groups if groups is not None else [list(range(len(sizes)))]:
+        current: list[int] = []
+        for i in sorted(group, key=lambda i: (-sizes[i], i)):
+            fits = len(current) < batch_size and (
+                max_batch_tokens is None or cost([*current, i]) <= max_batch_tokens
+            )
+            if current and not fits:
+                calls.append(current)
+                current = []
+            current.append(i)
+        if current:
+            calls.append(current)
+    return calls

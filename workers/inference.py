@@ -1,6 +1,8 @@
 """The inference actor of the pipeline's `map_batches`: loads the model once, turns chunk batches into result rows.
 
-A Ray batch is planned into `generate` calls (workers.batching: grouped by length, under a KV-token budget).
+A Ray batch is planned into `generate` calls (workers.batching: in the engine's batch groups, by length, under a
+KV-token budget counted by the engine). The pruning options come with each call (`infer(rows, prune)`, default
+the run's `WorkerOptions.prune`), so one worker serves every setting (the shadow run, jobs.tune's retains).
 A bad sample never raises: it becomes a row with status 'error' and a one-line `error`. When a call fails, it
 is retried one sample at a time so only the guilty sample is marked; when it runs out of accelerator memory,
 it is split in two and each half retried (logged and counted), so no row is lost or duplicated.
@@ -11,12 +13,16 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
 
-from headrouter.engine.prompt import ASR_PROMPT, task_prompt
-from workers.batching import KVCost, plan_batches
+from headrouter.engine.audio import AudioInputError
+from headrouter.engine.prompt import task_prompt
+from headrouter.options import PruneOptions
+from workers.batching import plan_batches
+from workers.engine import Engine
 from workers.options import WorkerOptions
 
 log = logging.getLogger("workers")
@@ -45,33 +51,18 @@ class InferenceWorker:
     """`__call__(batch) -> pyarrow.Table` of `schema` rows (the pipeline's chunk schema); one instance per actor,
     model loaded once."""
 
-    def __init__(self, opts: WorkerOptions, schema: pa.Schema, lalm=None):
-        from headrouter.options import PruneOptions
-
+    def __init__(self, opts: WorkerOptions, schema: pa.Schema, lalm: Engine | None = None):
         self.opts = opts
         self.schema = schema
-        self.prune = PruneOptions(
-            method=opts.method,
-            retain=opts.retain,
-            layer=opts.layer,
-            profiles=opts.profiles,
-            skip_silence=opts.skip_silence,
-        )
-        # the shadow run: the same model and gating, nothing pruned (kept tokens == audio tokens)
-        self._vanilla = PruneOptions(
-            method="vanilla", retain=1.0, layer=opts.layer, skip_silence=opts.skip_silence
-        )
         if lalm is None:
             from headrouter import load_lalm
 
             lalm = load_lalm(opts.model, device=_device(opts), endpoint_url=opts.s3_endpoint)
-        self.lalm = lalm
-        self.model_id = getattr(lalm, "model_id", opts.model)
-        self.window_s = float(getattr(lalm, "window_s", 300.0))
+        self.lalm: Engine = lalm
+        self.model_id = lalm.model_id
+        self.window_s = float(lalm.window_s)
         self.node_id = _node_id()
         self._metrics = chunk_metrics()
-        layers = getattr(lalm, "num_layers", None)
-        self._kv_cost = KVCost(layers, opts.layer, opts.max_new_tokens) if layers else None
 
     def __call__(self, batch: pa.Table | dict[str, np.ndarray]) -> pa.Table:
         if isinstance(batch, pa.Table):
@@ -82,7 +73,10 @@ class InferenceWorker:
             out = self.infer(rows)
         except Exception as e:  # a bug here must still not abort the dataset: mark the whole batch
             log.exception("inference batch failed")
-            out = [self._finish(r, error=f"inference_error: {type(e).__name__}: {e}") for r in rows]
+            out = [
+                self._finish(r, self.opts.prune, error=f"inference_error: {type(e).__name__}: {e}")
+                for r in rows
+            ]
         for row in out:
             try:
                 self._metrics.observe(row)  # the single metrics call site (monitoring.ChunkMetrics)
@@ -90,42 +84,62 @@ class InferenceWorker:
                 log.debug("metrics observe failed", exc_info=True)
         return pa.Table.from_pylist(out, schema=self.schema)
 
-    def infer(self, rows: list[dict]) -> list[dict]:
-        """Result rows for segment rows (pipeline.graph.SEGMENT_SCHEMA), in the same order."""
+    def infer(self, rows: list[dict], prune: PruneOptions | None = None) -> list[dict]:
+        """Result rows for segment rows (pipeline.graph.SEGMENT_SCHEMA), in the same order, pruned per `prune`
+        (default: the run's `opts.prune`)."""
+        prune = self.opts.prune if prune is None else prune
         out: list[dict | None] = [None] * len(rows)
         todo = []
         for i, r in enumerate(rows):
             if r["status"] != "ok":
-                out[i] = self._finish(r, error=r["error"])
+                out[i] = self._finish(r, prune, error=r["error"])
             elif r.get("silent"):
-                out[i] = self._finish(r, text="")  # no model call on digital silence: nothing to hallucinate
+                out[i] = self._finish(
+                    r, prune, text=""
+                )  # no model call on digital silence: nothing to hallucinate
             elif r["end_s"] - r["start_s"] > self.window_s + 1e-6:
                 out[i] = self._finish(
-                    r, error=f"too_long: chunk exceeds the model window of {self.window_s:g} s"
+                    r, prune, error=f"too_long: chunk exceeds the model window of {self.window_s:g} s"
                 )
             else:
                 todo.append(i)
         if todo:
-            asr = getattr(self.lalm, "asr_prompt", ASR_PROMPT)
+            asr = self.lalm.asr_prompt
             prompts = [
                 task_prompt(rows[i]["task"], rows[i].get("question"), _choices(rows[i]), asr) for i in todo
             ]
-            costs = self._costs([rows[i] for i in todo], prompts)
-            budget = self.opts.max_batch_tokens if self._kv_cost is not None else None
-            for group in plan_batches(costs, self.opts.batch_size, budget):
+            for group in self._plan([rows[i] for i in todo], prompts, prune, self.opts.batch_size):
                 picked = [todo[j] for j in group]
-                results = self._generate([rows[i] for i in picked], [prompts[j] for j in group])
+                results = self._generate([rows[i] for i in picked], [prompts[j] for j in group], prune)
                 for i, result in zip(picked, results):
                     out[i] = result
-                self._shadow([rows[i] for i in picked], [prompts[j] for j in group], results)
+                self._shadow([rows[i] for i in picked], [prompts[j] for j in group], results, prune)
         return out
 
-    def _shadow(self, rows: list[dict], prompts: list[str], results: list[dict]) -> None:
+    def _plan(self, rows: list[dict], prompts: list[str], prune: PruneOptions, size: int) -> list[list[int]]:
+        """The calls for these chunks (workers.batching.plan_batches): the engine's batch groups, at most `size`
+        chunks and `max_batch_tokens` KV tokens (`Engine.kv_tokens`) per call."""
+        samples = [len(r["audio"]) // 4 for r in rows]  # float32 samples
+        counts = []
+        for n, prompt in zip(samples, prompts):
+            try:
+                counts.append(self.lalm.token_counts(n, prompt))
+            except Exception:  # a bad chunk is reported by its own generate call, not here
+                counts.append((0, 0))
+        new = self.opts.max_new_tokens
+
+        def cost(indices: list[int]) -> float:
+            return self.lalm.kv_tokens([counts[i] for i in indices], prune, new)
+
+        sizes = [cost([i]) for i in range(len(rows))]
+        return plan_batches(sizes, size, self.opts.max_batch_tokens, cost, self.lalm.batch_groups(samples))
+
+    def _shadow(self, rows: list[dict], prompts: list[str], results: list[dict], prune: PruneOptions) -> None:
         """Run the shadowed chunks of one planned batch again unpruned (one call) and fill their shadow columns.
 
         The shadow's model time goes to shadow_s, never to prefill_s/decode_s; a failure leaves the columns null.
         """
-        if self.opts.shadow_fraction <= 0 or self.prune.method == "vanilla":
+        if self.opts.shadow_fraction <= 0 or prune.method == "vanilla":
             return
         from workers.shadow import shadowed
 
@@ -138,28 +152,34 @@ class InferenceWorker:
         ]
         if not picked:
             return
-        # unpruned chunks hold more KV: one call unless the budget asks for more
-        budget = self.opts.max_batch_tokens if self._kv_cost is not None else None
-        costs = self._costs([rows[j] for j in picked], [prompts[j] for j in picked], self._vanilla)
-        for group in plan_batches(costs, len(picked), budget):
-            self._shadow_call(rows, prompts, results, [picked[g] for g in group])
+        # the same model, gating and layer, nothing pruned (kept tokens == audio tokens); unpruned chunks hold
+        # more KV: one call unless the budget asks for more
+        vanilla = replace(prune, method="vanilla")
+        plan = self._plan([rows[j] for j in picked], [prompts[j] for j in picked], vanilla, len(picked))
+        for group in plan:
+            self._shadow_call(rows, prompts, results, [picked[g] for g in group], vanilla)
 
     def _shadow_call(
-        self, rows: list[dict], prompts: list[str], results: list[dict], call: list[int]
+        self,
+        rows: list[dict],
+        prompts: list[str],
+        results: list[dict],
+        call: list[int],
+        vanilla: PruneOptions,
     ) -> None:
         """One unpruned call for the rows `call`; out of memory splits it in halves like the pruned calls."""
         from quality.agreement import agreement
 
         audios = [np.frombuffer(rows[j]["audio"], dtype="<f4") for j in call]
         try:
-            outs = self._call(audios, [prompts[j] for j in call], self._vanilla)
+            outs = self._call(audios, [prompts[j] for j in call], vanilla)
         except Exception as e:
             _free_accelerator_memory()
             if _out_of_memory(e) and len(call) > 1:
                 half = len(call) // 2
                 log.warning("out of memory on a shadow call of %d chunks: splitting", len(call))
-                self._shadow_call(rows, prompts, results, call[:half])
-                self._shadow_call(rows, prompts, results, call[half:])
+                self._shadow_call(rows, prompts, results, call[:half], vanilla)
+                self._shadow_call(rows, prompts, results, call[half:], vanilla)
             else:
                 log.warning("shadow run of %d chunks failed (pruned results kept): %s", len(call), e)
             return
@@ -171,66 +191,49 @@ class InferenceWorker:
                 shadow_s=float(gen.prefill_s) + float(gen.decode_s),
             )
 
-    def _costs(self, rows: list[dict], prompts: list[str], prune=None) -> list[float]:
-        """KV tokens of each chunk (workers.batching.KVCost); the audio length when the model cannot count."""
-        from headrouter.routing import keep_count
-
-        prune = prune or self.prune
-        sizes = [len(r["audio"]) // 4 for r in rows]  # float32 samples
-        counts = getattr(self.lalm, "token_counts", None)
-        if self._kv_cost is None or counts is None:
-            return [float(n) for n in sizes]
-        costs = []
-        for n, prompt in zip(sizes, prompts):
-            try:
-                total, audio = counts(n, prompt)
-            except Exception:  # a bad chunk is reported by its own generate call, not here
-                total = audio = 0
-            kept = total if prune.method == "vanilla" else total - audio + keep_count(audio, prune.retain)
-            costs.append(self._kv_cost(total, kept))
-        return costs
-
-    def _generate(self, rows: list[dict], prompts: list[str]) -> list[dict]:
+    def _generate(self, rows: list[dict], prompts: list[str], prune: PruneOptions) -> list[dict]:
         audios = [np.frombuffer(r["audio"], dtype="<f4") for r in rows]  # each [n] float32, 16 kHz
         try:
-            outs = self._call(audios, prompts)
+            outs = self._call(audios, prompts, prune)
         except Exception as e:
             if _out_of_memory(e):
-                return self._split(rows, prompts, e)
+                return self._split(rows, prompts, prune, e)
             if len(rows) > 1:  # find the guilty sample(s): one at a time
-                return [self._generate([r], [p])[0] for r, p in zip(rows, prompts)]
-            kind = "invalid_audio" if type(e).__name__ == "AudioInputError" else "inference_error"
-            return [self._finish(rows[0], error=f"{kind}: {e}")]
-        return [self._finish(r, gen=g) for r, g in zip(rows, outs)]
+                return [self._generate([r], [p], prune)[0] for r, p in zip(rows, prompts)]
+            kind = "invalid_audio" if isinstance(e, AudioInputError) else "inference_error"
+            return [self._finish(rows[0], prune, error=f"{kind}: {e}")]
+        return [self._finish(r, prune, gen=g) for r, g in zip(rows, outs)]
 
-    def _split(self, rows: list[dict], prompts: list[str], error: Exception) -> list[dict]:
+    def _split(
+        self, rows: list[dict], prompts: list[str], prune: PruneOptions, error: Exception
+    ) -> list[dict]:
         """Out of accelerator memory: retry the two halves (each may split again); one chunk alone is an error."""
         _free_accelerator_memory()
         if len(rows) == 1:
-            return [self._finish(rows[0], error=f"out_of_memory: {error}")]
+            return [self._finish(rows[0], prune, error=f"out_of_memory: {error}")]
         half = len(rows) // 2
         log.warning(
             "out of memory on a batch of %d chunks: splitting into %d + %d", len(rows), half, len(rows) - half
         )
-        labels = {"model": self.model_id, "method": self.opts.method, "task": str(rows[0].get("task"))}
+        labels = {"model": self.model_id, "method": prune.method, "task": str(rows[0].get("task"))}
         try:
             self._metrics.observe_split(labels)
         except Exception:
             log.debug("metrics observe_split failed", exc_info=True)
-        return self._generate(rows[:half], prompts[:half]) + self._generate(rows[half:], prompts[half:])
+        first = self._generate(rows[:half], prompts[:half], prune)
+        return first + self._generate(rows[half:], prompts[half:], prune)
 
-    def _call(self, audios, prompts, prune=None):
-        prune = prune or self.prune
+    def _call(self, audios, prompts, prune: PruneOptions):
         outs = self.lalm.generate(audios, prompts, prune, max_new_tokens=self.opts.max_new_tokens)
         if len(outs) != len(audios):
             raise RuntimeError(f"model returned {len(outs)} outputs for {len(audios)} inputs")
         return outs
 
-    def _finish(self, r: dict, gen=None, text: str | None = None, error: str = "") -> dict:
+    def _finish(
+        self, r: dict, prune: PruneOptions, gen=None, text: str | None = None, error: str = ""
+    ) -> dict:
         row = {k: r.get(k) for k in self.schema.names if k in r}
-        row.update(
-            model=self.model_id, method=self.opts.method, retain=float(self.opts.retain), node_id=self.node_id
-        )
+        row.update(model=self.model_id, method=prune.method, retain=float(prune.retain), node_id=self.node_id)
         row.pop("audio", None)
         if error:
             row.update(status="error", error=" ".join(str(error).split())[:300], text=None)
@@ -251,9 +254,9 @@ class InferenceWorker:
                 decode_s=float(gen.decode_s),
                 kv_bytes_full=int(gen.kv_bytes_full),
                 kv_bytes_kept=int(gen.kv_bytes_kept),
-                skipped_s=float(getattr(gen, "skipped_s", 0.0)),
+                skipped_s=float(gen.skipped_s),
             )
-            if getattr(gen, "silent", False):  # every encoder window empty: no model call, as digital silence
+            if gen.silent:  # every encoder window empty: no model call, as digital silence
                 row["silent"] = True
         return row
 

@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from headrouter.options import PruneOptions
 
 __all__ = ["WorkerOptions"]
 
 
 @dataclass(frozen=True)
 class WorkerOptions:
-    """How an InferenceWorker loads its model and batches chunks.
+    """How an InferenceWorker loads its model and batches chunks; `prune` is the run's PruneOptions, passed on
+    to every `generate` call unchanged (a call may take other options: `InferenceWorker.infer(rows, prune)`).
 
     batch_size: most chunks in one `generate` call; max_batch_tokens: most KV tokens in one call (None: no
-    limit), counted per layer on average: layers < M hold each chunk's whole input, layers >= M its kept tokens,
-    every layer its new tokens, and a padded batch costs its size times its longest chunk (see workers.batching).
+    limit), in `LALM.kv_tokens` terms: per layer on average, a padded call holding its size times its longest
+    input (layers < M) and its longest kept input (layers >= M), every layer its new tokens.
     shadow_fraction: share of chunks also run unpruned (method vanilla) to measure agreement (workers.shadow).
     """
 
     model: str = "tiny-random"
-    method: str = "headrouter"
-    retain: float = 0.6
-    layer: int = 2
-    profiles: str | None = None
-    skip_silence: str = "off"
+    prune: PruneOptions = field(default_factory=PruneOptions)
     device: str = "cpu"
     gpus_per_worker: float = 0.0
     max_new_tokens: int = 64
