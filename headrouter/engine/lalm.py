@@ -16,7 +16,7 @@ from headrouter.engine.audio import (
     SAMPLE_RATE,
     AudioInputError,
     check_audio,
-    featurize,
+    log_mel,
     mel_frame_count,
     tokens_from_frames,
 )
@@ -171,41 +171,49 @@ class LALM:
         """Check every clip and build one batch of model inputs: token ids left-padded (the generation
         convention; attention_mask marks the padding), features zero-padded on the right to the longest clip
         with their frame mask, then the family's own keyword inputs (adapter.model_inputs)."""
-        return self._batch_inputs([self._tokens_and_features(a, p, i, sample_rate) for i, (a, p) in
-                                   enumerate(zip(audios, prompts))])  # fmt: skip
+        return self._batch_inputs(*self._tokens_and_features(audios, prompts, sample_rate))
 
-    def _tokens_and_features(self, audio, prompt, index: int, sample_rate):
-        """One clip -> (input_ids [1, T], features [n_mels, F], valid frames)."""
-        if not isinstance(prompt, str):
-            raise ValueError(f"prompt {index}: expected str, got {type(prompt).__name__}")
-        audio = check_audio(audio, index, self.window_s, sample_rate)
+    def _tokens_and_features(self, audios, prompts, sample_rate):
+        """Every clip checked (errors name the first bad index), then the whole batch's log-mel features in one
+        torch pass on the model's device (the adapter's `featurize`, else Whisper's, `audio.log_mel`) ->
+        (input_ids per clip [1, T_i], features [B, n_mels, F] float32 on the device, valid frames per clip)."""
+        checked = []
+        for index, (audio, prompt) in enumerate(zip(audios, prompts)):
+            if not isinstance(prompt, str):
+                raise ValueError(f"prompt {index}: expected str, got {type(prompt).__name__}")
+            checked.append(check_audio(audio, index, self.window_s, sample_rate))
         adapter = self.adapter
-        feats, frames = getattr(adapter, "featurize", featurize)(
-            self.feature_extractor, audio, adapter.TOTAL_FRAMES
-        )  # [n_mels, F]
-        n = getattr(adapter, "audio_token_count", tokens_from_frames)(frames)
-        input_ids = self.encode_prompt(prompt, n)  # [1, T]
-        found = int((input_ids == self.token_ids.audio).sum())
-        if found != n:
-            raise AudioInputError(
-                f"audio sample {index}: prompt holds {found} audio placeholders, expected {n}"
-            )
-        return input_ids, feats, frames
+        custom = getattr(adapter, "featurize", None)
+        if custom is not None:
+            feats, frames = custom(self.feature_extractor, checked, self.device)  # [B, n_mels, F]
+        else:
+            pad = [adapter.TOTAL_FRAMES] * len(checked)
+            feats, frames = log_mel(self.feature_extractor, checked, pad, self.device)  # [B, n_mels, F]
+        count = getattr(adapter, "audio_token_count", tokens_from_frames)
+        rows = []
+        for index, (prompt, f) in enumerate(zip(prompts, frames)):
+            n = count(f)
+            input_ids = self.encode_prompt(prompt, n)  # [1, T]
+            found = int((input_ids == self.token_ids.audio).sum())
+            if found != n:
+                raise AudioInputError(
+                    f"audio sample {index}: prompt holds {found} audio placeholders, expected {n}"
+                )
+            rows.append(input_ids)
+        return rows, feats, frames
 
-    def _batch_inputs(self, parts) -> dict:
+    def _batch_inputs(self, rows, features, frames) -> dict:
         torch = self._torch
-        width = max(int(ids.shape[1]) for ids, _, _ in parts)
-        frames_max = max(int(f.shape[-1]) for _, f, _ in parts)
-        ids = torch.full((len(parts), width), self.pad_token_id, dtype=torch.long)  # [B, T]
-        attention = torch.zeros(len(parts), width, dtype=torch.long)  # [B, T]
-        feats = torch.zeros(len(parts), parts[0][1].shape[0], frames_max, dtype=self.dtype)  # [B, n_mels, F]
-        feature_mask = torch.zeros(len(parts), frames_max, dtype=torch.long)  # [B, F]
-        for b, (row, f, frames) in enumerate(parts):
+        width = max(int(row.shape[1]) for row in rows)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)  # [B, T]
+        attention = torch.zeros(len(rows), width, dtype=torch.long)  # [B, T]
+        for b, row in enumerate(rows):
             t = int(row.shape[1])
             ids[b, width - t :] = row[0]
             attention[b, width - t :] = 1
-            feats[b, :, : f.shape[-1]] = f
-            feature_mask[b, :frames] = 1
+        feats = features.to(self.dtype)  # [B, n_mels, F], zero past each clip's own features
+        valid = torch.tensor(frames, device=feats.device)  # [B]
+        feature_mask = (torch.arange(feats.shape[-1], device=feats.device) < valid[:, None]).long()  # [B, F]
         inputs = self.adapter.model_inputs(ids, feats, feature_mask)
         inputs["attention_mask"] = attention
         return {k: v.to(self.device) for k, v in inputs.items()}

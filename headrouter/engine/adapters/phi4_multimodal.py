@@ -16,18 +16,10 @@ from __future__ import annotations
 import logging
 import math
 
-FAMILY = "phi4_multimodal"
-MODEL_TYPES = ("phi4_multimodal",)
-ARCHITECTURES = ("Phi4MultimodalForCausalLM",)
-# Model card (microsoft/Phi-4-multimodal-instruct): speech summarization was trained on audio up to 30 minutes
-# (ASR/translation on clips up to 40 s); the encoder itself has no cap (it unfolds 40-s blocks).
-WINDOW_S = 1800.0
-TOTAL_FRAMES = None
-# The stock Conformer encoder does not mask feature padding everywhere: in a padded batch a shorter clip's
-# logits moved by up to 1e-2 (tiny-random, float32), so the engine batches only clips of one length.
-PADDED_BATCH_EXACT = False
-DEFAULT_SYSTEM = None  # the stock chat template adds no system turn
-AUDIO_MARKERS = False
+from headrouter.engine.adapters.contract import Adapter
+
+__all__ = ["Phi4Multimodal", "merge_lora", "render_prompt"]
+
 SPEECH_LORA = "speech-lora"
 # 100 feature frames/s (hop 160 at 16 kHz) / audio_compression_rate 8 = 12.5 audio tokens per second
 TOKENS_PER_SECOND = 12.5
@@ -110,18 +102,26 @@ def token_ids(config) -> tuple[int, None, None]:
     return config.audio_config.audio_token_id, None, None
 
 
-def featurize(feature_extractor, audio, total_frames=None):
-    """The stock `Phi4MultimodalFeatureExtractor` on one checked clip (never truncated) ->
-    (features [80, F] float32, F = (n - 400) // 160 + 1 frames). The stock layout is [F, 80]; `model_inputs`
-    transposes back."""
+def featurize(feature_extractor, audios, device="cpu"):
+    """The stock `Phi4MultimodalFeatureExtractor`'s features of checked clips (never truncated), computed on
+    `device` by its own batched torch path, one call per clip length (its padded batch masks a shorter clip's
+    frames unlike the clip alone) -> (features [B, 80, F] float32, zero-padded on the right; frames per clip,
+    (n - 400) // 160 + 1). The stock layout is [F, 80]; `model_inputs` transposes back."""
     import numpy as np
     import torch
 
-    out = feature_extractor(
-        [np.asarray(audio, dtype=np.float32)], sampling_rate=16000, truncation=False, return_tensors="pt"
-    )
-    feats = out["audio_input_features"][0].to(torch.float32)  # [F, 80]
-    return feats.T.contiguous(), int(feats.shape[0])
+    fe = feature_extractor
+    frames = [(int(a.shape[0]) - fe.win_length) // fe.hop_length + 1 for a in audios]
+    out = torch.zeros(len(audios), fe.feature_size, max(frames), device=device)  # [B, 80, F]
+    by_length: dict[int, list[int]] = {}
+    for i, a in enumerate(audios):
+        by_length.setdefault(int(a.shape[0]), []).append(i)
+    for n, rows in by_length.items():
+        wave = torch.from_numpy(np.stack([audios[i] for i in rows])).to(device)  # [b, n]
+        # the stock __call__ leaves its padded waveform on the CPU whatever `device` says, hence its own path
+        feats = fe._torch_extract_fbank_features(wave, torch.full((len(rows),), n), device)  # [b, F, 80]
+        out[rows, :, : feats.shape[1]] = feats.to(torch.float32).transpose(1, 2)
+    return out, frames
 
 
 def audio_token_count(frames: int) -> int:

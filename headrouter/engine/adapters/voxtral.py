@@ -12,15 +12,10 @@ from __future__ import annotations
 
 import math
 
-FAMILY = "voxtral"
-MODEL_TYPES = ("voxtral",)
-ARCHITECTURES = ("VoxtralForConditionalGeneration",)
-# Model card (mistralai/Voxtral-Mini-3B-2507): 32k-token context, audio up to 30 minutes for transcription
-# (40 for understanding); 30 min = 60 chunks x 375 = 22,500 audio tokens.
-WINDOW_S = 1800.0
-TOTAL_FRAMES = None  # variable: a multiple of 3000 (see featurize)
-DEFAULT_SYSTEM = None
-AUDIO_MARKERS = False
+from headrouter.engine.adapters.contract import Adapter
+
+__all__ = ["Voxtral", "audio_token_count"]
+
 CHUNK_FRAMES = 3000  # 30 s of 10-ms mel frames: what the encoder takes per batch row
 TOKENS_PER_CHUNK = 375  # 3000 frames -> 1500 encoder frames (stride 2) -> 375 tokens (4 frames per token)
 TOKENS_PER_SECOND = 12.5
@@ -47,14 +42,14 @@ def token_ids(config) -> tuple[int, None, None]:
     return config.audio_token_id, None, None
 
 
-def featurize(feature_extractor, audio, total_frames=None):
-    """Whisper log-mel of one checked clip zero-padded to whole 30-s chunks, as the stock processor does ->
-    (features [128, C * 3000], valid frames ceil(n / 160)). Never truncated."""
-    from headrouter.engine.audio import featurize as whisper_featurize
-    from headrouter.engine.audio import mel_frame_count
+def featurize(feature_extractor, audios, device="cpu"):
+    """Whisper log-mel of checked clips, each zero-padded to whole 30-s chunks as the stock processor does, in one
+    torch pass on `device` -> (features [B, 128, max C * 3000], valid frames ceil(n / 160) per clip). Never
+    truncated."""
+    from headrouter.engine.audio import log_mel, mel_frame_count
 
-    chunks = math.ceil(mel_frame_count(int(audio.shape[0])) / CHUNK_FRAMES)
-    return whisper_featurize(feature_extractor, audio, chunks * CHUNK_FRAMES)
+    pad = [math.ceil(mel_frame_count(int(a.shape[0])) / CHUNK_FRAMES) * CHUNK_FRAMES for a in audios]
+    return log_mel(feature_extractor, audios, pad, device)
 
 
 def audio_token_count(frames: int) -> int:
