@@ -45,7 +45,7 @@ def _model(hidden: int, layers: int):
 
     from bench.prefill import scaled_3b_shape
     from headrouter.engine import LALM
-    from headrouter.engine.adapters import qwen2_5_omni
+    from headrouter.engine.adapters.qwen2_5_omni import Qwen25Omni
     from headrouter.engine.audio import make_feature_extractor
     from headrouter.engine.tiny import build_word_tokenizer, tiny_thinker_config
 
@@ -62,7 +62,7 @@ def _model(hidden: int, layers: int):
     config.audio_config.encoder_ffn_dim = 4 * d_model
     model = Qwen2_5OmniThinkerForConditionalGeneration._from_config(config, attn_implementation="sdpa")
     model.eval()
-    lalm = LALM(model, tok, make_feature_extractor(), qwen2_5_omni, model_id="gating-bench", folder=None)
+    lalm = LALM(model, tok, make_feature_extractor(), Qwen25Omni, model_id="gating-bench", folder=None)
     encoder = EncoderShape(d_model=d_model, layers=enc_layers, ffn=4 * d_model, output_dim=text.hidden)
     return lalm, replace(text, vocab=len(tok)), encoder
 

@@ -101,7 +101,7 @@ class BenchModel:
         from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
         from headrouter.engine import LALM
-        from headrouter.engine.adapters import qwen2_5_omni
+        from headrouter.engine.adapters.qwen2_5_omni import Qwen25Omni
         from headrouter.engine.audio import make_feature_extractor
         from headrouter.engine.tiny import build_word_tokenizer
 
@@ -117,7 +117,7 @@ class BenchModel:
                 config, attn_implementation="sdpa", dtype=dtype
             )
         model.eval()
-        self.lalm = LALM(model, tok, make_feature_extractor(), qwen2_5_omni, model_id=shape.name, folder=None)
+        self.lalm = LALM(model, tok, make_feature_extractor(), Qwen25Omni, model_id=shape.name, folder=None)
         self.torch = torch
         self.device = torch.device(shape.device)
         self._fake: dict[int, object] = {}

@@ -187,10 +187,10 @@ def test_prefill_logits_of_a_batch_equal_each_alone():
 
 
 def test_phi4_batches_group_clip_lengths_so_padding_never_reaches_its_encoder():
-    lalm = tiny("tiny-random-phi4mm")  # PADDED_BATCH_EXACT = False: its stock encoder is not padding-exact
+    lalm = tiny("tiny-random-phi4mm")  # batch_group by length: its stock encoder is not padding-exact
     audios = [clip(0.5, 0), clip(1.7, 1), clip(0.5, 2), clip(2.3, 3)]
     prompts = PROMPTS
-    assert lalm._exact_groups(audios) == [[0, 2], [1], [3]]
+    assert lalm.batch_groups([len(a) for a in audios]) == [[0, 2], [1], [3]]
     for method in ("vanilla", "headrouter"):
         opts = PruneOptions(method=method, retain=0.5)
         logits, records = lalm.prefill_logits(audios, prompts, opts)

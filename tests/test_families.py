@@ -89,7 +89,7 @@ def test_qwen3_omni_tokens_prompt_window_and_batch_groups():
     assert text.startswith("<|im_start|> user <|audio_start|> <|audio_pad|>")
     assert text.endswith("<|audio_end|> transcribe the audio . <|im_end|> <|im_start|> assistant")
     # clips of 1 s or more share a padded batch; shorter ones only with clips of their own length
-    groups = lalm._exact_groups([clip(1.0), clip(0.5), clip(7.0), clip(0.5, 1), clip(0.3)])
+    groups = lalm.batch_groups([len(clip(s)) for s in (1.0, 0.5, 7.0, 0.5, 0.3)])
     assert groups == [[0, 2], [1, 3], [4]]
     with pytest.raises(AudioInputError, match="longer than the model window of 1800 s"):
         lalm.prepare(np.zeros(1800 * 16000 + 1, np.float32), PROMPT)

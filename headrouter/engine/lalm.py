@@ -16,11 +16,8 @@ from headrouter.engine.audio import (
     SAMPLE_RATE,
     AudioInputError,
     check_audio,
-    log_mel,
-    mel_frame_count,
-    tokens_from_frames,
 )
-from headrouter.engine.prompt import ASR_PROMPT, AUDIO, AUDIO_BOS, AUDIO_EOS, render_prompt
+from headrouter.engine.prompt import ASR_PROMPT
 from headrouter.options import PruneOptions
 
 __all__ = ["LALM", "AudioInputError", "GenerationOutput"]
@@ -60,11 +57,17 @@ class GenerationOutput:
 
 
 class LALM:
-    """A loaded audio-language model (use `load_lalm`). One sample per prefill; a batch is a loop."""
+    """A loaded audio-language model (use `load_lalm`): a stock model, its adapter (`adapters.Adapter`) and the
+    pruning hooks. `generate` runs a list of clips as one padded batch; `batch_groups` says which clips may share
+    one and `kv_tokens` what a call holds in its KV cache, so a caller plans its calls the way the engine runs them.
+    """
 
     def __init__(self, model, tokenizer, feature_extractor, adapter, model_id: str, folder: Path | None):
         import torch
 
+        from headrouter.engine.adapters.contract import Adapter
+
+        assert isinstance(adapter, type) and issubclass(adapter, Adapter), f"not an Adapter: {adapter!r}"
         self.model = model
         self.tokenizer = tokenizer
         self.feature_extractor = feature_extractor
@@ -81,12 +84,10 @@ class LALM:
         assert len(self.layers) == self.num_layers, "decoder layer count disagrees with the config"
         audio, bos, eos = adapter.token_ids(model.config)
         vocab = tokenizer.get_vocab()
-        if getattr(adapter, "AUDIO_MARKERS", True):
+        if adapter.AUDIO_MARKERS:
             # <|audio_bos|> AUDIO* <|audio_eos|> (or the family's names): marker ids from the config, else from
             # the tokenizer
-            bos_name, audio_name, eos_name = getattr(
-                adapter, "AUDIO_TOKEN_NAMES", (AUDIO_BOS, AUDIO, AUDIO_EOS)
-            )
+            bos_name, audio_name, eos_name = adapter.AUDIO_TOKEN_NAMES
             bos = bos if bos is not None else vocab.get(bos_name)
             eos = eos if eos is not None else vocab.get(eos_name)
             if vocab.get(audio_name) != audio or bos is None or eos is None:
@@ -142,7 +143,7 @@ class LALM:
                 f"layer must be in [1, {self.num_layers - 1}] for this {self.num_layers}-layer model, "
                 f"got {options.layer}"
             )
-        if options.skip_silence != "off" and not hasattr(self.adapter, "gate_window_frames"):
+        if options.skip_silence != "off" and self.adapter.gate_window_frames(self.model) is None:
             raise ValueError(
                 f"skip_silence={options.skip_silence!r}: window gating is exact only for Qwen2.5-Omni's windowed "
                 f"encoder, not {self.family} (use skip_silence='off')"
@@ -163,7 +164,7 @@ class LALM:
         )
         return HeadRouter(profiles, prefilter=options.router_prefilter, routing=options.routing)
 
-    def prepare(self, audio: np.ndarray, prompt: str, index: int = 0, sample_rate: int | None = None) -> dict:
+    def prepare(self, audio: np.ndarray, prompt: str, sample_rate: int | None = None) -> dict:
         """Check one clip and build the model inputs (batch of 1) for `prompt`."""
         return self.prepare_batch([audio], [prompt], sample_rate)
 
@@ -182,17 +183,10 @@ class LALM:
             if not isinstance(prompt, str):
                 raise ValueError(f"prompt {index}: expected str, got {type(prompt).__name__}")
             checked.append(check_audio(audio, index, self.window_s, sample_rate))
-        adapter = self.adapter
-        custom = getattr(adapter, "featurize", None)
-        if custom is not None:
-            feats, frames = custom(self.feature_extractor, checked, self.device)  # [B, n_mels, F]
-        else:
-            pad = [adapter.TOTAL_FRAMES] * len(checked)
-            feats, frames = log_mel(self.feature_extractor, checked, pad, self.device)  # [B, n_mels, F]
-        count = getattr(adapter, "audio_token_count", tokens_from_frames)
+        feats, frames = self.adapter.featurize(self.feature_extractor, checked, self.device)  # [B, n_mels, F]
         rows = []
         for index, (prompt, f) in enumerate(zip(prompts, frames)):
-            n = count(f)
+            n = self.adapter.audio_token_count(f)
             input_ids = self.encode_prompt(prompt, n)  # [1, T]
             found = int((input_ids == self.token_ids.audio).sum())
             if found != n:
@@ -220,12 +214,10 @@ class LALM:
 
     def encode_prompt(self, prompt: str, num_audio_tokens: int):
         """input_ids [1, T] of one user turn: `num_audio_tokens` audio placeholders, then `prompt`, in the
-        family's chat format (the adapter's `encode_prompt`, else the Qwen template of headrouter.engine.prompt)."""
-        custom = getattr(self.adapter, "encode_prompt", None)
-        if custom is not None:
-            return custom(self.tokenizer, prompt, num_audio_tokens, self.system_prompt, self.token_ids.audio)
-        text = render_prompt(prompt, num_audio_tokens, self.system_prompt)
-        return self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        family's chat format (`Adapter.encode_prompt`)."""
+        return self.adapter.encode_prompt(
+            self.tokenizer, prompt, num_audio_tokens, self.system_prompt, self.token_ids.audio
+        )
 
     def prune_hooks(self, options: PruneOptions, router=None, samples=None):
         """Register the pruning hooks for `options` on the model (None for vanilla); call `.remove()` after.
@@ -479,30 +471,75 @@ class LALM:
             return logits, records
         return logits[0], (records[0] if records is not None else None)
 
-    def _exact_groups(self, audios) -> list[list[int]]:
-        """Sample indices that may share a padded batch. Every family's encoder masks feature padding except
-        those whose adapter says PADDED_BATCH_EXACT = False (Phi-4-multimodal's Conformer: a padded clip's
-        logits moved by up to 1e-2 in the stock model); their batches hold only clips of one length. An adapter's
-        `batch_group(num_samples)` names finer groups (Qwen3-Omni: clips under 1 s by length, the rest together)."""
-        group = getattr(self.adapter, "batch_group", None)
-        if group is None and getattr(self.adapter, "PADDED_BATCH_EXACT", True):
-            return [list(range(len(audios)))]
+    def batch_groups(self, num_samples: list[int]) -> list[list[int]]:
+        """Indices of clips (given by their sample counts) that may share one padded `generate` call, in order of
+        first appearance. Every family's encoder masks feature padding, so all clips go together, except where its
+        adapter's `batch_group` says otherwise (Phi-4-multimodal's Conformer: clips of one length only;
+        Qwen3-Omni: clips under 1 s by length, the rest together). A caller that plans its calls within these
+        groups is never regrouped by the engine."""
         by_key: dict = {}
-        for i, a in enumerate(audios):
-            n = int(np.asarray(a).shape[-1])
-            by_key.setdefault(n if group is None else group(n), []).append(i)
+        for i, n in enumerate(num_samples):
+            by_key.setdefault(self.adapter.batch_group(int(n)), []).append(i)
         return list(by_key.values())
+
+    def _exact_groups(self, audios) -> list[list[int]]:
+        return self.batch_groups([int(np.asarray(a).shape[-1]) for a in audios])
 
     def token_counts(self, num_samples: int, prompt: str) -> tuple[int, int]:
         """(input tokens, audio tokens) a clip of `num_samples` 16 kHz samples with `prompt` becomes, without
         computing features (the batch planner's cost)."""
-        frames = mel_frame_count(num_samples)
-        n = getattr(self.adapter, "audio_token_count", tokens_from_frames)(frames)
+        n = self.adapter.audio_token_count(self.adapter.frame_count(num_samples))
         return int(self.encode_prompt(prompt, n).shape[1]), int(n)
+
+    def kv_tokens(self, counts: list[tuple[int, int]], options: PruneOptions, max_new_tokens: int) -> float:
+        """KV-cache tokens of one `generate` call, per decoder layer on average: what the engine allocates for it.
+
+        counts: (input tokens T_b, audio tokens N_b) per clip, from `token_counts`. Layers < M cache every input
+        token, layers >= M the kept ones, every layer the new ones, and a padded call holds B rows of its longest:
+            K_b = T_b - Na_b + kept(Na_b)   (K_b = T_b for vanilla, or a clip without audio)
+            slots = B * (M * (max_b T_b + new) + (L - M) * (max_b K_b + new)),   returned as slots / L,
+        with Na_b the prunable audio tokens (N_b, or N_b + 2 with `prune_audio_markers` on a family with markers),
+        kept(Na) the most tokens `options` keeps (`_kept_bound`), new = max_new_tokens, M = options.layer, L layers.
+        An upper bound: silence gating only removes tokens.
+        """
+        if not counts:
+            return 0.0
+        markers = 2 if options.prune_audio_markers and self.token_ids.bos is not None else 0
+
+        def kept_length(t: int, n: int) -> int:  # K_b
+            if options.method == "vanilla" or n == 0:
+                return t
+            na = n + markers
+            return t - na + _kept_bound(na, options)
+
+        longest = max(t for t, _ in counts)  # max_b T_b
+        kept = max(kept_length(t, n) for t, n in counts)  # max_b K_b
+        m, layers = options.layer, self.num_layers
+        slots = len(counts) * (m * (longest + max_new_tokens) + (layers - m) * (kept + max_new_tokens))
+        return slots / layers
+
+    @property
+    def answer_end_id(self) -> int:
+        """The id of the token that closes an assistant turn (`Adapter.END_OF_ANSWER`: <|im_end|> for the Qwen
+        families, <|end|> for Phi-4-multimodal, </s> for Voxtral); calibration scores an answer through it."""
+        token = self.adapter.END_OF_ANSWER
+        found = self.tokenizer.convert_tokens_to_ids(token)
+        if found is None or found == self.tokenizer.unk_token_id:
+            raise ValueError(f"{self.family}: the tokenizer has no {token!r} (Adapter.END_OF_ANSWER)")
+        return int(found)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
             self._torch.cuda.synchronize(self.device)
+
+
+def _kept_bound(na: int, options: PruneOptions) -> int:
+    """The most of `na` prunable audio tokens one sample keeps under `options` (the planner's upper bound).
+    Fixed budgets keep exactly floor(na * retain). Adaptive budgets (a `PruneOptions.budget`) plug in here: their
+    per-sample count is bounded by the ceiling fraction, not by retain."""
+    from headrouter.routing import keep_count
+
+    return keep_count(na, options.retain)
 
 
 def _special_ids(model, tokenizer) -> tuple[frozenset[int], int]:

@@ -59,15 +59,14 @@ def resolve_model(
 
 
 def adapter_for_model(name: str, endpoint_url: str | None = None):
-    """The adapter module of model `name` without loading weights (or downloading them): tiny aliases by their
-    family, local folders and s3:// prefixes by their config.json, hub ids by the hub's config.json."""
-    import importlib
-
-    from headrouter.engine.adapters import adapter_for
+    """The adapter (`headrouter.engine.adapters.Adapter`) of model `name` without loading weights (or downloading
+    them): tiny aliases by their family, local folders and s3:// prefixes by their config.json, hub ids by the
+    hub's config.json."""
+    from headrouter.engine.adapters import adapter_by_family, adapter_for
     from headrouter.engine.tiny import TINY_FAMILIES
 
     if name in TINY_FAMILIES:
-        return importlib.import_module(f"headrouter.engine.adapters.{TINY_FAMILIES[name]}")
+        return adapter_by_family(TINY_FAMILIES[name])
     if name.startswith("s3://"):
         import boto3
 
@@ -106,7 +105,7 @@ def load_lalm(
     (default float32 on CPU, bfloat16 on CUDA). attn_implementation: default "sdpa".
     """
     import torch
-    from transformers import AutoConfig, AutoTokenizer, WhisperFeatureExtractor
+    from transformers import AutoConfig, AutoTokenizer
 
     from headrouter.engine.adapters import adapter_for
     from headrouter.engine.audio import make_feature_extractor
@@ -132,8 +131,7 @@ def load_lalm(
     model = model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
     try:
-        load_fe = getattr(adapter, "load_feature_extractor", WhisperFeatureExtractor.from_pretrained)
-        feature_extractor = load_fe(location)
+        feature_extractor = adapter.load_feature_extractor(location)
     except OSError:
         log.warning("no preprocessor_config.json in %s: using the stock Whisper settings", location)
         feature_extractor = make_feature_extractor(adapter.WINDOW_S)

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-from headrouter.engine.adapters import phi4_multimodal, qwen2_5_omni, qwen2_audio, qwen3_omni, voxtral
+from headrouter.engine.adapters.contract import Adapter
+from headrouter.engine.adapters.phi4_multimodal import Phi4Multimodal
+from headrouter.engine.adapters.qwen2_5_omni import Qwen25Omni
+from headrouter.engine.adapters.qwen2_audio import Qwen2Audio
+from headrouter.engine.adapters.qwen3_omni import Qwen3Omni
+from headrouter.engine.adapters.voxtral import Voxtral
 
-__all__ = ["FAMILIES", "adapter_for"]
+__all__ = ["FAMILIES", "Adapter", "adapter_by_family", "adapter_for"]
 
-FAMILIES = (qwen2_5_omni, qwen2_audio, phi4_multimodal, voxtral, qwen3_omni)
+FAMILIES: tuple[type[Adapter], ...] = (Qwen25Omni, Qwen2Audio, Phi4Multimodal, Voxtral, Qwen3Omni)
 
 
-def adapter_for(config: dict):
-    """The adapter module for a config.json dict (by model_type, then architectures); ValueError otherwise."""
+def adapter_by_family(family: str) -> type[Adapter]:
+    """The adapter whose FAMILY is `family` (KeyError otherwise)."""
+    return {a.FAMILY: a for a in FAMILIES}[family]
+
+
+def adapter_for(config: dict) -> type[Adapter]:
+    """The adapter for a config.json dict (by model_type, then architectures); ValueError otherwise."""
     model_type = config.get("model_type", "")
     archs = config.get("architectures") or []
     for family in FAMILIES:

@@ -164,3 +164,35 @@ def model_inputs(input_ids, features, feature_mask) -> dict:
     if features.shape[0] > 1:  # the stock extractor gives no mask for a single clip
         inputs["audio_attention_mask"] = feature_mask.bool()
     return inputs
+
+
+class Phi4Multimodal(Adapter):
+    FAMILY = "phi4_multimodal"
+    MODEL_TYPES = ("phi4_multimodal",)
+    ARCHITECTURES = ("Phi4MultimodalForCausalLM",)
+    # Model card (microsoft/Phi-4-multimodal-instruct): speech summarization was trained on audio up to 30 minutes
+    # (ASR/translation on clips up to 40 s); the encoder itself has no cap (it unfolds 40-s blocks).
+    WINDOW_S = 1800.0
+    DEFAULT_SYSTEM = None  # the stock chat template adds no system turn
+    AUDIO_MARKERS = False
+    END_OF_ANSWER = END  # the stock chat template closes every turn with <|end|>
+    load = staticmethod(load)
+    decoder = staticmethod(decoder)
+    text_config = staticmethod(text_config)
+    token_ids = staticmethod(token_ids)
+    model_inputs = staticmethod(model_inputs)
+    featurize = staticmethod(featurize)
+    audio_token_count = staticmethod(audio_token_count)
+    encode_prompt = staticmethod(encode_prompt)
+    load_feature_extractor = staticmethod(load_feature_extractor)
+
+    @staticmethod
+    def frame_count(num_samples: int) -> int:
+        """fbank frames of a clip: (n - 400) // 160 + 1 (25-ms windows every 10 ms, no centering)."""
+        return (num_samples - 400) // 160 + 1
+
+    @staticmethod
+    def batch_group(num_samples: int) -> int:
+        """Clips of one length only: the stock Conformer encoder does not mask feature padding everywhere (in a
+        padded batch a shorter clip's logits moved by up to 1e-2, tiny-random, float32)."""
+        return num_samples

@@ -21,20 +21,14 @@ defaults 151646/151647 are Qwen2.5-Omni's; ids are always read from the checkpoi
 
 from __future__ import annotations
 
-FAMILY = "qwen3_omni"
-MODEL_TYPES = ("qwen3_omni_moe_thinker", "qwen3_omni_moe")
-ARCHITECTURES = ("Qwen3OmniMoeThinkerForConditionalGeneration", "Qwen3OmniMoeForConditionalGeneration")
-# The model card states no audio length limit and the stock processor never truncates (truncation=False); its
-# serving examples run a 32,768-token context on one GPU. 30 min = 23,400 audio tokens leaves room for the prompt
-# and a long answer in that context.
-WINDOW_S = 1800.0
-TOTAL_FRAMES = None  # the encoder takes any length (1-s chunks)
-DEFAULT_SYSTEM = None  # the stock chat template adds no system turn
+from headrouter.engine.adapters.contract import Adapter
+
+__all__ = ["Qwen3Omni", "audio_token_count"]
+
 N_WINDOW = 50  # half a chunk in mel frames, as the real config and the stock processor (n_window=50)
 TOKENS_PER_SECOND = 13.0  # 13 tokens per 100-frame chunk
-# the real tokenizer's names for the audio markers and placeholder (engine: AUDIO_TOKEN_NAMES)
+# the real tokenizer's names for the audio markers and placeholder (Adapter.AUDIO_TOKEN_NAMES)
 AUDIO_START, AUDIO_PAD, AUDIO_END = "<|audio_start|>", "<|audio_pad|>", "<|audio_end|>"
-AUDIO_TOKEN_NAMES = (AUDIO_START, AUDIO_PAD, AUDIO_END)
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 
 
@@ -124,3 +118,25 @@ def model_inputs(input_ids, features, feature_mask) -> dict:
         "input_features": features,
         "feature_attention_mask": feature_mask,
     }
+
+
+class Qwen3Omni(Adapter):
+    FAMILY = "qwen3_omni"
+    MODEL_TYPES = ("qwen3_omni_moe_thinker", "qwen3_omni_moe")
+    ARCHITECTURES = ("Qwen3OmniMoeThinkerForConditionalGeneration", "Qwen3OmniMoeForConditionalGeneration")
+    # The model card states no audio length limit and the stock processor never truncates (truncation=False); its
+    # serving examples run a 32,768-token context on one GPU. 30 min = 23,400 audio tokens leaves room for the
+    # prompt and a long answer in that context.
+    WINDOW_S = 1800.0
+    TOTAL_FRAMES = None  # the encoder takes any length (1-s chunks)
+    DEFAULT_SYSTEM = None  # the stock chat template adds no system turn
+    AUDIO_TOKEN_NAMES = (AUDIO_START, AUDIO_PAD, AUDIO_END)
+    END_OF_ANSWER = IM_END
+    load = staticmethod(load)
+    decoder = staticmethod(decoder)
+    text_config = staticmethod(text_config)
+    token_ids = staticmethod(token_ids)
+    model_inputs = staticmethod(model_inputs)
+    audio_token_count = staticmethod(audio_token_count)
+    encode_prompt = staticmethod(encode_prompt)
+    batch_group = staticmethod(batch_group)

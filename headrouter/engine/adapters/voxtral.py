@@ -94,3 +94,23 @@ def model_inputs(input_ids, features, feature_mask) -> dict:
         "attention_mask": torch.ones_like(input_ids),
         "input_features": torch.cat(rows),
     }
+
+
+class Voxtral(Adapter):
+    FAMILY = "voxtral"
+    MODEL_TYPES = ("voxtral",)
+    ARCHITECTURES = ("VoxtralForConditionalGeneration",)
+    # Model card (mistralai/Voxtral-Mini-3B-2507): 32k-token context, audio up to 30 minutes for transcription
+    # (40 for understanding); 30 min = 60 chunks x 375 = 22,500 audio tokens.
+    WINDOW_S = 1800.0
+    TOTAL_FRAMES = None  # variable: a multiple of 3000 (see featurize)
+    AUDIO_MARKERS = False
+    END_OF_ANSWER = "</s>"  # mistral-common instruct: an answer ends with the end-of-sequence token
+    load = staticmethod(load)
+    decoder = staticmethod(decoder)
+    text_config = staticmethod(text_config)
+    token_ids = staticmethod(token_ids)
+    model_inputs = staticmethod(model_inputs)
+    featurize = staticmethod(featurize)
+    audio_token_count = staticmethod(audio_token_count)
+    encode_prompt = staticmethod(encode_prompt)
