@@ -14,7 +14,8 @@ ablations of one sample run as one batch (`--ablation-batch`). This equals, up t
 followed by forced greedy decoding of the answer (tested).
 
 How ablation becomes weights (per category, H query heads):
-1. Per sample, the answer's mean NLL per token (answer tokens + <|im_end|>) with audio pruned at layer M to
+1. Per sample, the answer's mean NLL per token (answer tokens + the family's end of answer, `LALM.answer_end_id`:
+   <|im_end|> for the Qwen families, <|end|> for Phi-4-multimodal, </s> for Voxtral) with audio pruned at layer M to
    `--retain` by HeadRouter with the Frame pre-filter, with uniform head weights (NLL_uni) and once per head h
    with h's weight set to zero (NLL_-h); delta[s, h] = NLL_-h - NLL_uni.
 2. a[h] = mean over samples of delta[:, h]; c = a - mean(a) (what matters is how a head differs from the others).
@@ -46,6 +47,7 @@ log = logging.getLogger("headrouter")
 __all__ = [
     "CalibrateOptions",
     "ablation_weights",
+    "answer_token_ids",
     "answer_nll",
     "calibrate",
     "pooled_bandwidth",
@@ -102,6 +104,11 @@ def ablation_weights(
     e = np.exp(z - z.max())
     weights = h * e / e.sum()
     return weights, {"ablation": mean.tolist(), "se": se.tolist(), "shrunk": shrunk.tolist()}
+
+
+def answer_token_ids(lalm, answer: str) -> list[int]:
+    """The teacher-forced answer: its tokens, then the token that closes the family's assistant turn."""
+    return [*lalm.tokenizer(answer, add_special_tokens=False)["input_ids"], lalm.answer_end_id]
 
 
 def pooled_bandwidth(semantic: list[float], acoustic: list[float]) -> float:
@@ -281,7 +288,6 @@ def calibrate(opts: CalibrateOptions):
     import torch
 
     from headrouter import Profiles, PruneOptions, load_lalm
-    from headrouter.engine.prompt import IM_END
     from headrouter.learned import fit_router
     from headrouter.routing import probe_distribution, selectivity, selectivity_spread
 
@@ -303,7 +309,6 @@ def calibrate(opts: CalibrateOptions):
     )
     if not 1 <= opts.layer <= lalm.num_layers - 1:
         raise ValueError(f"layer must be in [1, {lalm.num_layers - 1}], got {opts.layer}")
-    eos = lalm.tokenizer.convert_tokens_to_ids(IM_END)
     routers = [_fixed_router(np.ones(heads), opts.prefilter)]
     for h in range(heads):
         w = np.ones(heads)
@@ -316,8 +321,8 @@ def calibrate(opts: CalibrateOptions):
     for cat, bucket in rows.items():
         deltas, spreads = [], []
         for j, row in enumerate(bucket):
-            inputs = lalm.prepare(row["_audio"], row["_prompt"], j, row["_sr"])
-            answer_ids = [*lalm.tokenizer(row["answer"], add_special_tokens=False)["input_ids"], eos]
+            inputs = lalm.prepare(row["_audio"], row["_prompt"], row["_sr"])
+            answer_ids = answer_token_ids(lalm, row["answer"])
             trunk = trunk_pass(lalm, inputs, answer_ids, options)
             sel = selectivity(probe_distribution(trunk.q_text, trunk.k_audio))  # [H]
             spread = selectivity_spread(sel)

@@ -117,3 +117,26 @@ def test_qwen3_omni_encoder_pads_sub_second_clips_and_moe_routes_per_token():
         full = moe(x)
         part = moe(x[:, 7:19])
     torch.testing.assert_close(full[:, 7:19], part, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("alias", "token"),
+    [
+        ("tiny-random", "<|im_end|>"),
+        ("tiny-random-qwen2-audio", "<|im_end|>"),
+        ("tiny-random-phi4mm", "<|end|>"),
+        ("tiny-random-voxtral", "</s>"),
+        ("tiny-random-qwen3-omni", "<|im_end|>"),
+    ],
+)
+def test_calibration_ends_an_answer_with_the_familys_own_end_of_turn(alias, token):
+    from headrouter.calibration import answer_token_ids
+
+    lalm = tiny(alias)
+    ids = answer_token_ids(lalm, "three one")
+    assert lalm.tokenizer.convert_ids_to_tokens(ids[-1]) == token
+    # the token the model stops on, and (where the family has one) the one its chat format closes a turn with
+    assert ids[-1] in lalm.eos_token_ids
+    if token != "</s>":
+        prompt = lalm.prepare(clip(1.0), PROMPT)["input_ids"][0].tolist()
+        assert ids[-1] in prompt

@@ -57,7 +57,6 @@ class PruneRecord:
     keep: torch.Tensor | None = None  # [T_kept] ascending sequence positions seen by layers >= M
     selection: Selection | None = None
     scores: torch.Tensor | None = None  # [Na] the per-token scores an adaptive budget reads (scored methods)
-    prefills: int = 0
 
     @property
     def audio_tokens(self) -> int:
@@ -165,7 +164,6 @@ class _Pruner:
         self.attn = attn
         self.num_heads = attn.config.num_attention_heads
         self.num_kv = attn.config.num_key_value_heads
-        self.head_dim = attn.head_dim
         self.eager = getattr(attn.config, "_attn_implementation", "sdpa") == "eager"
 
     # 1. whole model: which call is this?
@@ -344,7 +342,6 @@ class _Pruner:
         keep_mask = torch.ones(layer_in.shape[0], dtype=torch.bool, device=prunable.device)
         keep_mask[prunable] = False
         keep_mask[prunable[keep_audio]] = True
-        rec.prefills += 1
         return keep_mask.nonzero().flatten()  # [T_kept] ascending
 
     def _probe(self, b: int, normed: torch.Tensor, layer_in: torch.Tensor):

@@ -534,12 +534,12 @@ class LALM:
 
 
 def _kept_bound(na: int, options: PruneOptions) -> int:
-    """The most of `na` prunable audio tokens one sample keeps under `options` (the planner's upper bound).
-    Fixed budgets keep exactly floor(na * retain). Adaptive budgets (a `PruneOptions.budget`) plug in here: their
-    per-sample count is bounded by the ceiling fraction, not by retain."""
+    """The most of `na` prunable audio tokens one sample keeps under `options` (the planner's upper bound): a fixed
+    budget keeps exactly floor(na * retain), an adaptive one at most floor(na * its ceiling fraction)
+    (`PruneOptions.max_kept_fraction`)."""
     from headrouter.routing import keep_count
 
-    return keep_count(na, options.retain)
+    return keep_count(na, options.max_kept_fraction)
 
 
 def _special_ids(model, tokenizer) -> tuple[frozenset[int], int]:
