@@ -29,7 +29,9 @@ __all__ = [
     "budget_rule",
     "calibrate_threshold",
     "importance_shares",
+    "kept_fraction",
     "mass_keep_count",
+    "retain_for_fraction",
     "score_key",
 ]
 
@@ -53,16 +55,20 @@ def budget_bounds(na: int, retain: float) -> tuple[int, int]:
     return low, high
 
 
-def importance_shares(importance: torch.Tensor) -> torch.Tensor:
-    """Cumulative share of the total importance held by the top 1, 2, ..., Na tokens: [Na] float64, ascending.
+def importance_shares(importance: torch.Tensor, power: float = 1.0) -> torch.Tensor:
+    """Cumulative share of the total importance**power held by the top 1, 2, ..., Na tokens: [Na] float64.
 
     importance [Na] >= 0 (negative scores count as 0). All zeros gives a linear ramp (every token alike).
+    power > 1 sharpens: a flat background spread over many tokens (room tone around one event) then holds less
+    of the total than the few tokens that stand out of it.
     """
     if importance.dim() != 1:
         raise ValueError(f"importance must be 1-D [Na], got shape {tuple(importance.shape)}")
     p = importance.detach().double().clamp_min(0.0).cpu()  # [Na]
     if torch.isnan(p).any():
         raise ValueError("importance contains NaN")
+    if p.numel():
+        p = (p / p.max().clamp_min(1e-300)) ** power  # [Na] in [0, 1]: no underflow below
     total = float(p.sum())
     if total <= 0.0:
         p, total = torch.ones_like(p), float(p.numel())
@@ -70,8 +76,10 @@ def importance_shares(importance: torch.Tensor) -> torch.Tensor:
     return ranked.cumsum(0) / total  # [Na], nondecreasing, last ~= 1
 
 
-def mass_keep_count(importance: torch.Tensor, threshold: float, low: int, high: int) -> int:
-    """Fewest tokens whose share of the sample's importance reaches `threshold`, clipped to [low, high]."""
+def mass_keep_count(
+    importance: torch.Tensor, threshold: float, low: int, high: int, power: float = 1.0
+) -> int:
+    """Fewest tokens whose share of the sample's importance**power reaches `threshold`, clipped to [low, high]."""
     na = importance.shape[0]
     if not 0 <= low <= high <= na:
         raise ValueError(f"need 0 <= low <= high <= Na={na}, got low={low}, high={high}")
@@ -80,23 +88,23 @@ def mass_keep_count(importance: torch.Tensor, threshold: float, low: int, high: 
     if threshold >= 1.0:
         k = na
     else:
-        k = (
-            int((importance_shares(importance) < threshold).sum()) + 1
-        )  # the share first reaches it at token k
+        shares = importance_shares(importance, power)  # [Na]
+        k = int((shares < threshold).sum()) + 1  # the share first reaches the threshold at token k
     return min(max(k, low), high)
 
 
 @dataclass(frozen=True)
 class BudgetRule:
-    """An adaptive budget at one retain: threshold tau on the importance share, bounds from `budget_bounds`."""
+    """An adaptive budget at one retain: threshold tau on the share of importance**power, `budget_bounds`."""
 
     threshold: float
     retain: float
+    power: float = 1.0
 
     def count(self, importance: torch.Tensor) -> int:
         """Kept count for one sample from its importance [Na]."""
         low, high = budget_bounds(importance.shape[0], self.retain)
-        return mass_keep_count(importance, self.threshold, low, high)
+        return mass_keep_count(importance, self.threshold, low, high, self.power)
 
 
 def calibrate_threshold(shares: list[np.ndarray], retain: float, iters: int = 60) -> tuple[float, float]:
@@ -157,4 +165,33 @@ def budget_rule(profiles, method: str, retain: float) -> BudgetRule:
     # [0, grid..., 1]: nothing is kept at retain 0 (ceiling 0) and everything at retain 1 (tau = 1)
     grid = [0.0, *table["retains"], 1.0]
     taus = [0.0, *table["thresholds"][key], 1.0]
-    return BudgetRule(threshold=float(np.interp(float(retain), grid, taus)), retain=retain)
+    tau = float(np.interp(float(retain), grid, taus))
+    return BudgetRule(threshold=tau, retain=retain, power=float(table.get("power", 1.0)))
+
+
+def kept_fraction(shares: list[np.ndarray], rule: BudgetRule) -> float:
+    """sum of kept / sum of audio tokens that `rule` gives samples with these `importance_shares` (its power)."""
+    kept = 0
+    for s in shares:
+        low, high = budget_bounds(len(s), rule.retain)
+        k = len(s) if rule.threshold >= 1.0 else int(np.searchsorted(s, rule.threshold, side="left")) + 1
+        kept += min(max(k, low), high)
+    return kept / max(sum(len(s) for s in shares), 1)
+
+
+def retain_for_fraction(
+    shares: list[np.ndarray], profiles, method: str, target: float, iters: int = 40
+) -> float:
+    """The retain at which the calibrated adaptive budget keeps `target` of these samples' tokens (bisection).
+
+    What `jobs.eval --match-kept` runs adaptive budgets at, so they are compared with fixed ones at the same
+    measured cost on the evaluated clips (a split unlike the calibration one keeps another share at equal retain).
+    """
+    lo, hi = 0.0, 1.0
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        if kept_fraction(shares, budget_rule(profiles, method, mid)) >= target:
+            hi = mid
+        else:
+            lo = mid
+    return round(hi, 6)

@@ -2,7 +2,8 @@
 
     python -m jobs.eval --model tiny-synth --manifest /work/data/synth/test.jsonl --out results/tiny-synth \\
         --methods vanilla random frame fastv dart headrouter headrouter-hard headrouter-norouter \\
-                  headrouter-noprefilter --retain 0.7 0.4 0.1 [--per-task 40] [--seed 0]
+                  headrouter-noprefilter --retain 0.7 0.4 0.1 [--per-task 40] [--seed 0] \\
+        [--budget fixed adaptive] [--match-kept]
 
 Writes to --out: samples.csv.gz (one row per method, retain and sample: the source of every number),
 table.csv and table.md (the paper's Table 1 layout: per-task scores, average as % of vanilla with a paired
@@ -39,6 +40,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--resamples", type=int, default=1000)
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument(
+        "--budget",
+        nargs="+",
+        default=["fixed"],
+        choices=["fixed", "adaptive"],
+        dest="budgets",
+        help="budget rules to run (adaptive: the scored methods only)",
+    )
+    p.add_argument(
+        "--match-kept",
+        action="store_true",
+        help="run adaptive budgets at the retain that keeps --retain of these clips' audio tokens (measured)",
+    )
+    p.add_argument(
         "--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster (default: run locally)"
     )
     p.add_argument(
@@ -58,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     address = args.__dict__.pop("address")
     set_threads(args.__dict__.pop("threads"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    opts = EvalOptions(**{**vars(args), "methods": tuple(args.methods), "retain": tuple(args.retain)})
+    opts = EvalOptions(**{**vars(args), "methods": tuple(args.methods), "retain": tuple(args.retain),
+                          "budgets": tuple(args.budgets)})  # fmt: skip
     samples = run_eval(opts, address)
     table = write_reports(samples, Path(opts.out), opts.resamples, opts.seed)
     print((Path(opts.out) / "table.md").read_text())

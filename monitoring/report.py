@@ -234,6 +234,7 @@ def summary(chunks: list[dict], files: list[dict]) -> list[tuple[str, str]]:
             f"{skipped / 3600:.3f} h ({100 * skipped / audio_s:.1f} %)" if audio_s else "n/a",
         ),
         ("audio tokens kept", f"{100 * kept / tokens:.1f} %" if tokens else "n/a"),
+        ("audio tokens kept per task", _kept_per_task(ok)),
         (
             "KV cache saved",
             f"{100 * (1 - kv_kept / kv_full):.1f} % ({(kv_full - kv_kept) / 2**20:.1f} MiB)"
@@ -242,12 +243,27 @@ def summary(chunks: list[dict], files: list[dict]) -> list[tuple[str, str]]:
         ),
         (
             "models / methods",
-            ", ".join(sorted({f"{c.get('model')}/{c.get('method')}" for c in chunks})) or "n/a",
+            ", ".join(sorted({f"{c.get('model')}/{c.get('method')}" + _budget(c) for c in chunks})) or "n/a",
         ),
         ("errors by kind", ", ".join(f"{k}: {n}" for k, n in kinds.most_common()) or "none"),
         ("shadow agreement (pruned vs unpruned)", _shadow_agreement(ok)),
     ]
     return rows
+
+
+def _budget(chunk: dict) -> str:
+    return f" ({chunk['budget']} budget)" if chunk.get("budget") not in (None, "", "fixed") else ""
+
+
+def _kept_per_task(ok: list[dict]) -> str:
+    """Realized share of audio tokens kept per task (an adaptive budget spends differently per task)."""
+    sums: dict[str, list[float]] = {}
+    for c in ok:
+        n, k = _num(c.get("audio_tokens")), _num(c.get("kept_tokens"))
+        if n and k is not None and c.get("task"):
+            pair = sums.setdefault(str(c["task"]), [0.0, 0.0])
+            pair[0], pair[1] = pair[0] + k, pair[1] + n
+    return ", ".join(f"{t} {100 * k / n:.1f} %" for t, (k, n) in sorted(sums.items())) or "n/a"
 
 
 def _shadow_agreement(ok: list[dict]) -> str:

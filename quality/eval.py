@@ -23,7 +23,7 @@ log = logging.getLogger("quality")
 
 __all__ = ["EvalOptions", "read_samples", "run_eval", "write_reports"]
 
-SAMPLE_FIELDS = ("id", "task", "category", "long", "method", "retain", "answer", "prediction", "score",
+SAMPLE_FIELDS = ("id", "task", "category", "long", "method", "budget", "retain", "retain_set", "answer", "prediction", "score",
                  "audio_tokens", "kept_tokens", "prefill_s", "decode_s", "kv_bytes_full", "kv_bytes_kept",
                  "alpha_semantic", "alpha_uniform", "alpha_acoustic", "spread", "skipped_s")  # fmt: skip
 
@@ -41,6 +41,8 @@ class EvalOptions:
     profiles: str | None = None
     resamples: int = 1000
     max_new_tokens: int = 16
+    budgets: tuple[str, ...] = ("fixed",)
+    match_kept: bool = False  # adaptive budgets run at the retain that keeps `retain` of these clips' tokens
 
 
 def _rows(opts: EvalOptions) -> list[dict]:
@@ -78,21 +80,40 @@ def method_options(method: str) -> tuple[str, str]:
     return base, gate or "off"
 
 
-def run_config(opts: EvalOptions, rows: list[dict], method: str, retain: float) -> list[dict]:
-    """Generate one (method, retain) configuration over `rows`; the model is loaded once per process."""
+def _matched_retain(opts: EvalOptions, lalm, rows: list[dict], method: str, target: float) -> float:
+    """The retain at which the adaptive budget keeps `target` of these rows' audio tokens (a scores-only prefill
+    per row, no answers read): adaptive and fixed budgets are then compared at the same measured cost."""
+    from headrouter.budget import retain_for_fraction
+    from headrouter.budget_calibration import collect_shares
+
+    profiles = lalm.profiles(opts.profiles)
+    power = float((profiles.budget or {}).get("power", 1.0))
+    shares = collect_shares(lalm, rows, method, opts.profiles, power)
+    retain = retain_for_fraction(shares, profiles, method, target)
+    log.info("%s adaptive: retain %.4f keeps %.3f of these clips' audio tokens", method, retain, target)
+    return retain
+
+
+def run_config(
+    opts: EvalOptions, rows: list[dict], method: str, retain: float, budget: str = "fixed"
+) -> list[dict]:
+    """Generate one (method, budget, retain) configuration over `rows`; the model is loaded once per process."""
     from headrouter import PruneOptions, load_lalm
 
     if opts.model not in _MODELS:
         _MODELS[opts.model] = load_lalm(opts.model)
     lalm = _MODELS[opts.model]
     base, gate = method_options(method)
+    adaptive = PruneOptions(method=base, budget=budget).adaptive
+    retain_set = _matched_retain(opts, lalm, rows, base, retain) if adaptive and opts.match_kept else retain
     options = PruneOptions(
         method=base,
-        retain=retain,
+        retain=retain_set,
         layer=opts.layer,
         profiles=opts.profiles,
         seed=opts.seed,
         skip_silence=gate,
+        budget=budget,
     )
     started, results = time.monotonic(), []
     for row in rows:
@@ -103,7 +124,8 @@ def run_config(opts: EvalOptions, rows: list[dict], method: str, retain: float) 
         results.append(
             {
                 "id": row["id"], "task": row.get("task", ""), "category": row.get("category", ""),
-                "long": bool(row.get("long", False)), "method": method, "retain": retain,
+                "long": bool(row.get("long", False)), "method": method, "budget": budget, "retain": retain,
+                "retain_set": retain_set,
                 "answer": row["answer"], "prediction": out.text.strip(), "score": score(row, out.text),
                 "audio_tokens": out.audio_tokens, "kept_tokens": out.kept_tokens,
                 "prefill_s": out.prefill_s, "decode_s": out.decode_s,
@@ -113,7 +135,7 @@ def run_config(opts: EvalOptions, rows: list[dict], method: str, retain: float) 
             }
         )  # fmt: skip
     mean = np.mean([r["score"] for r in results])
-    log.info("%s@%g: mean score %.3f (%.0f s)", method, retain, mean, time.monotonic() - started)
+    log.info("%s@%g %s: mean score %.3f (%.0f s)", method, retain, budget, mean, time.monotonic() - started)
     return results
 
 
@@ -125,16 +147,22 @@ def run_eval(opts: EvalOptions, address: str | None = None) -> list[dict]:
     """
     rows = _rows(opts)
     unpruned = [m for m in opts.methods if method_options(m)[0] == "vanilla"]  # vanilla, vanilla+energy, ...
-    configs = [(m, 1.0) for m in unpruned]
-    configs += [(m, r) for m in opts.methods if m not in unpruned for r in opts.retain]
+    from headrouter.options import PruneOptions
+
+    configs = [(m, 1.0, "fixed") for m in unpruned]
+    for b in opts.budgets:  # Random and Frame score no tokens: fixed only
+        configs += [(m, r, b) for m in opts.methods if m not in unpruned for r in opts.retain
+                    if b == "fixed" or PruneOptions(method=method_options(m)[0], budget=b).adaptive]  # fmt: skip
     if not address:
-        return [r for method, retain in configs for r in run_config(opts, rows, method, retain)]
+        return [
+            r for method, retain, budget in configs for r in run_config(opts, rows, method, retain, budget)
+        ]
     import ray
 
     ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
     remote = ray.remote(num_cpus=1)(run_config)
     rows_ref = ray.put(rows)
-    parts = ray.get([remote.remote(opts, rows_ref, method, retain) for method, retain in configs])
+    parts = ray.get([remote.remote(opts, rows_ref, m, r, b) for m, r, b in configs])
     return [r for part in parts for r in part]
 
 
@@ -143,7 +171,8 @@ def read_samples(path: str | Path) -> list[dict]:
     out = []
     with gzip.open(path, "rt", newline="") if str(path).endswith(".gz") else open(path, newline="") as f:
         for r in csv.DictReader(f):
-            for key in ("retain", "score", "prefill_s", "decode_s", "alpha_semantic", "alpha_uniform",
+            r["budget"] = r.get("budget") or "fixed"  # files written before budgets existed
+            for key in ("retain", "retain_set", "score", "prefill_s", "decode_s", "alpha_semantic", "alpha_uniform",
                         "alpha_acoustic", "spread", "skipped_s"):  # fmt: skip
                 r[key] = float(r[key]) if r.get(key) not in (None, "", "None") else None
             for key in ("audio_tokens", "kept_tokens", "kv_bytes_full", "kv_bytes_kept"):
@@ -174,22 +203,41 @@ def write_reports(samples: list[dict], out: Path, resamples: int = 1000, seed: i
     with open(out / "table.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(
-            ["method", "retain", "n", *tasks, "avg_pct_vanilla", "ci_low", "ci_high", "prefill_ms", "kv_pct"]
+            [
+                "method",
+                "budget",
+                "retain",
+                "n",
+                *tasks,
+                "avg_pct_vanilla",
+                "ci_low",
+                "ci_high",
+                "prefill_ms",
+                "kv_pct",
+                "kept_pct",
+            ]  # fmt: skip
         )
         for row in table:
-            w.writerow([row["method"], row["retain"], row["n"], *(f"{row['tasks'][t]:.2f}" for t in tasks),
+            w.writerow([row["method"], row["budget"], row["retain"], row["n"], *(f"{row['tasks'][t]:.2f}" for t in tasks),
                         f"{row['avg_pct_vanilla']:.2f}", f"{row['ci_low']:.2f}", f"{row['ci_high']:.2f}",
-                        f"{1000 * row['prefill_s']:.2f}", f"{100 * row['kv_fraction']:.1f}"])  # fmt: skip
-    head = ["Method", "Retain", *(f"{t} ({cats[t][:3]})" for t in tasks), "Avg. (% vanilla)", "95% CI",
-            "Prefill ms", "KV kept"]  # fmt: skip
+                        f"{1000 * row['prefill_s']:.2f}", f"{100 * row['kv_fraction']:.1f}",
+                        _pct(row["kept_fraction"], ".2f")])  # fmt: skip
+    head = ["Method", "Budget", "Retain", *(f"{t} ({cats[t][:3]})" for t in tasks), "Avg. (% vanilla)", "95% CI",
+            "Prefill ms", "KV kept", "Audio kept"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table:
-        lines.append("| " + " | ".join([row["method"], f"{row['retain']:g}", *(f"{row['tasks'][t]:.1f}" for t in tasks),
+        lines.append("| " + " | ".join([row["method"], row["budget"], f"{row['retain']:g}",
+                     *(f"{row['tasks'][t]:.1f}" for t in tasks),
                      f"{row['avg_pct_vanilla']:.1f}%", f"{row['ci_low']:.1f}-{row['ci_high']:.1f}",
-                     f"{1000 * row['prefill_s']:.1f}", f"{100 * row['kv_fraction']:.0f}%"]) + " |")  # fmt: skip
+                     f"{1000 * row['prefill_s']:.1f}", f"{100 * row['kv_fraction']:.0f}%",
+                     _pct(row["kept_fraction"], ".1f", "%")]) + " |")  # fmt: skip
     (out / "table.md").write_text("\n".join(lines) + "\n")
     _plots(table, samples, tasks, out)
     return table
+
+
+def _pct(value: float | None, spec: str, unit: str = "") -> str:
+    return "n/a" if value is None else f"{100 * value:{spec}}{unit}"
 
 
 def _plots(table: list[dict], samples: list[dict], tasks: list[str], out: Path) -> None:

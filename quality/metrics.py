@@ -91,14 +91,15 @@ def _average(scores: dict[str, float], vanilla: dict[str, float]) -> float:
 
 
 def summarize(samples: list[dict], resamples: int = 1000, seed: int = 0) -> list[dict]:
-    """One row per (method, retain): per-task scores, average % of vanilla, its bootstrap CI, cost means.
+    """One row per (method, budget, retain): per-task scores, average % of vanilla, its bootstrap CI, cost means.
 
     `samples` rows need id, task, method, retain, prediction, answer, score (and optionally prefill_s,
-    kv_bytes_full, kv_bytes_kept). Every configuration must hold the same sample ids as the vanilla one.
+    kv_bytes_full, kv_bytes_kept, budget, audio_tokens, kept_tokens). Every configuration must hold the same
+    sample ids as the vanilla one. kept_fraction: sum of kept / sum of audio tokens (what was really spent).
     """
     configs: dict = defaultdict(lambda: defaultdict(dict))
     for r in samples:
-        configs[(r["method"], float(r["retain"]))][r["task"]][r["id"]] = r
+        configs[(r["method"], r.get("budget") or "fixed", float(r["retain"]))][r["task"]][r["id"]] = r
     vanilla_key = next((k for k in configs if k[0] == "vanilla"), None)
     if vanilla_key is None:
         raise ValueError("summarize needs the vanilla results")
@@ -112,7 +113,9 @@ def summarize(samples: list[dict], resamples: int = 1000, seed: int = 0) -> list
     draws = [{t: rng.integers(0, len(ids[t]), size=len(ids[t])) for t in tasks} for _ in range(resamples)]
     v_boot = [{t: v_tasks[t].value(d[t]) for t in tasks} for d in draws]
     table = []
-    for (method, retain), by_task in sorted(configs.items(), key=lambda kv: (kv[0][0] != "vanilla", kv[0])):
+    for (method, budget, retain), by_task in sorted(
+        configs.items(), key=lambda kv: (kv[0][0] != "vanilla", kv[0])
+    ):
         if {t: sorted(v) for t, v in by_task.items()} != ids:
             raise ValueError(f"{method}@{retain}: sample ids differ from the vanilla run's")
         arrays = {t: _Task(t, [by_task[t][i] for i in ids[t]], classes[t]) for t in tasks}
@@ -121,10 +124,13 @@ def summarize(samples: list[dict], resamples: int = 1000, seed: int = 0) -> list
         rows = [r for t in by_task.values() for r in t.values()]
         full = sum(r.get("kv_bytes_full") or 0 for r in rows)
         kept = sum(r.get("kv_bytes_kept") or 0 for r in rows)
+        audio = sum(r.get("audio_tokens") or 0 for r in rows)
+        kept_audio = sum(r.get("kept_tokens") or 0 for r in rows)
         boot = [b for b in boot if np.isfinite(b)]
         table.append(
             {
                 "method": method,
+                "budget": budget,
                 "retain": retain,
                 "n": len(rows),
                 "tasks": scores,
@@ -135,6 +141,7 @@ def summarize(samples: list[dict], resamples: int = 1000, seed: int = 0) -> list
                     np.nanmean([np.nan if r.get("prefill_s") is None else r["prefill_s"] for r in rows])
                 ),
                 "kv_fraction": kept / full if full else float("nan"),
+                "kept_fraction": kept_audio / audio if audio else None,
             }
         )
     return table
