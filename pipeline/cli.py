@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from headrouter.options import METHODS, SKIP_SILENCE, PruneOptions
+from headrouter.options import BUDGETS, METHODS, SKIP_SILENCE, PruneOptions
 from pipeline.options import RunOptions, RunSummary, UsageError, retain_error
 
 __all__ = ["RunRequest", "format_summary", "parse_run_args", "run_metrics", "workers_range"]
@@ -55,6 +55,13 @@ def parse_run_args(argv: list[str] | None = None, prog: str = "python -m jobs.ru
         default=PruneOptions.skip_silence,
         choices=SKIP_SILENCE,
         help="remove empty 2-s windows before the audio encoder (Qwen2.5-Omni; docs/method.md)",
+    )
+    p.add_argument(
+        "--budget",
+        default=PruneOptions.budget,
+        choices=BUDGETS,
+        help="kept tokens per chunk: fixed (retain of each) or adaptive (from its own scores, retain on average; "
+        "needs python -m jobs.calibrate_budget)",
     )
     p.add_argument("--task", default="asr", choices=["asr", "qa"])
     p.add_argument("--question", default=None)
@@ -148,7 +155,12 @@ def prune_options(a: argparse.Namespace) -> PruneOptions:
     if a.layer < 1:
         raise UsageError(f"--layer must be >= 1 (pruning at layer 0 is not supported), got {a.layer}")
     return PruneOptions(
-        method=a.method, retain=retain, layer=a.layer, profiles=a.profiles, skip_silence=a.skip_silence
+        method=a.method,
+        retain=retain,
+        layer=a.layer,
+        profiles=a.profiles,
+        skip_silence=a.skip_silence,
+        budget=a.budget,
     )
 
 
