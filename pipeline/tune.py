@@ -106,8 +106,9 @@ def run_tune(opts: TuneOptions) -> TuneResult:
     if rule == "quality":
         rec["retain_on_agreement"] = recommend(table, opts.target, "agreement")["retain"]
     rec.update(
-        model=run.model, method=run.prune.method, layer=run.prune.layer, task=run.task, input=run.input, chunks=chunks,
-        scored_chunks=scored, rule_reason=why, seed=opts.seed, wall_s=round(time.monotonic() - started, 1),
+        model=run.model, method=run.prune.method, layer=run.prune.layer, budget=run.prune.budget, task=run.task,
+        input=run.input, chunks=chunks, scored_chunks=scored, rule_reason=why, seed=opts.seed,
+        wall_s=round(time.monotonic() - started, 1),
     )  # fmt: skip
     out_fs = make_filesystem(run.output, run.s3_endpoint)
     root = fs_path(run.output).rstrip("/")

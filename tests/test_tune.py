@@ -280,4 +280,4 @@ def test_tune_on_tiny_synth_writes_a_recommendation_that_jobs_run_uses(tmp_path,
     assert run_main([*run, "--retain-from", str(tuned / "recommendation.json"), *common]) == 0
     retains = duckdb.sql(f"SELECT DISTINCT retain FROM '{out}/files/**/*.parquet'").fetchall()
     assert retains == [(rec["retain"],)]
-    assert json.loads((out / "runs" / "r1.json").read_text())["options"]["retain"] == rec["retain"]
+    assert json.loads((out / "runs" / "r1.json").read_text())["options"]["prune"]["retain"] == rec["retain"]
