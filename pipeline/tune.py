@@ -23,7 +23,15 @@ import pyarrow as pa
 
 from pipeline.options import RunOptions, UsageError
 
-__all__ = ["TuneOptions", "TuneResult", "format_table", "recommend", "recommended_retain", "run_tune"]
+__all__ = [
+    "TuneOptions",
+    "TuneResult",
+    "format_table",
+    "recommend",
+    "recommended_retain",
+    "run_tune",
+    "score_rows",
+]
 
 log = logging.getLogger("pipeline")
 
