@@ -132,9 +132,17 @@ def test_ablation_rule_pure_noise_is_near_uniform():
     assert w.sum() == pytest.approx(8.0)
     assert w.max() / w.min() < 1.5, w
     assert sum(s == 0 for s in info["shrunk"]) >= 6  # most heads are entirely within their noise
-    # the old rule (H * softmax(zscore)) made a peaked profile out of the same noise
-    z = (deltas.mean(0) - deltas.mean(0).mean()) / deltas.mean(0).std()
-    assert (np.exp(z).max() / np.exp(z).min()) > 5
+    # the rule's intermediate values: the mean effect; a bootstrap se near the textbook sigma / sqrt(S) of a
+    # head's mean minus the mean over heads (sqrt(7/8) of one head's); the soft threshold never flips or grows
+    # an effect; the weights are H * softmax(shrunk / T) of them
+    assert info["ablation"] == pytest.approx(deltas.mean(0).tolist(), abs=1e-12)
+    textbook = deltas.std(0, ddof=1) / np.sqrt(24) * np.sqrt(7 / 8)  # [H]
+    assert np.array(info["se"]) == pytest.approx(textbook, rel=0.3)
+    centered = deltas.mean(0) - deltas.mean(0).mean()
+    shrunk = np.array(info["shrunk"])
+    assert (np.abs(shrunk) <= np.abs(centered) + 1e-15).all() and (shrunk * centered >= 0).all()
+    e = np.exp(shrunk / 0.1)
+    assert w == pytest.approx(8 * e / e.sum(), abs=1e-12)
 
 
 def test_ablation_rule_one_clearly_harmful_head_dominates_and_size_is_kept():

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import headrouter.engine.hooks as hooks
 from headrouter import PruneOptions, load_lalm
 from headrouter.options import METHODS as ALL_METHODS
 from tests.families import FAMILIES
@@ -99,6 +100,27 @@ def test_retain_one_is_exactly_the_stock_model(alias):
         out = lalm.generate([audio], [PROMPT], opts, max_new_tokens=4, min_new_tokens=4)[0]
         assert out.token_ids == stock_tokens, method
         assert out.kept_tokens == out.audio_tokens == audio_count(lalm, audio)
+    # the same through the gather and mask code: with the "everything kept" shortcut off, layers >= M get every
+    # position gathered and (in a padded batch) the kept-layout masks, and still compute the stock model
+    other = clip(0.7, seed=1)
+    with torch.inference_mode():
+        stock_other = lalm.model(**lalm.prepare(other, PROMPT)).logits[0, -1].float()
+    decide = hooks._Pruner._decide_batch
+    taken = []
+
+    def no_shortcut(self, layer_in, cache):
+        decide(self, layer_in, cache)
+        taken.append(self.identity)
+        self.identity = False
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(hooks._Pruner, "_decide_batch", no_shortcut)
+        opts = PruneOptions(method="headrouter", retain=1.0, layer=2)
+        logits, _ = lalm.prefill_logits([audio, other], [PROMPT, PROMPT], opts)
+        outs = lalm.generate([audio, other], [PROMPT, PROMPT], opts, max_new_tokens=4, min_new_tokens=4)
+    assert taken and all(taken)  # the shortcut would have been taken: this exercised the path it skips
+    torch.testing.assert_close(logits, torch.stack([stock, stock_other]), atol=1e-5, rtol=0)
+    assert outs[0].token_ids == stock_tokens
     # 1.3 s: 130 mel frames -> 32 tokens (Qwen); 128 frames -> 16 (Phi-4); one 30-s chunk -> 375 (Voxtral);
     # 130 frames -> 13 + 4 (Qwen3-Omni: 13 per 100-frame chunk, the 30-frame tail by three halvings)
     expected = {"tiny-random-phi4mm": 16, "tiny-random-voxtral": 375, "tiny-random-qwen3-omni": 17}
@@ -219,7 +241,9 @@ def test_cache_layout_positions_and_kv_bytes(alias):
     per_token_layer = vanilla.kv_bytes_full // (t * lalm.num_layers)
     expected = per_token_layer * (layer * t + (lalm.num_layers - layer) * keep.numel())
     assert pruned.kv_bytes_kept == expected < pruned.kv_bytes_full
-    assert pruned.prefill_s > 0 and pruned.decode_s >= 0
+    assert pruned.prefill_s > 0 and pruned.decode_s == 0.0  # one token: the prefill made it, nothing decoded
+    timed = lalm.generate([audio], [PROMPT], opts, max_new_tokens=3, min_new_tokens=3)[0]
+    assert len(timed.token_ids) == 3 and timed.prefill_s > 0 and timed.decode_s > 0
 
 
 @pytest.mark.parametrize("alias", FAMILIES)

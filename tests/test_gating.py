@@ -106,16 +106,27 @@ def test_kept_tokens_keep_their_ungated_positions_at_prefill_and_decode():
 
 
 def test_no_empty_window_is_exactly_the_ungated_path():
+    """A clip with no empty window gives the ungated result both where gating hands the batch back unchanged (it
+    alone) and where gating rebuilds the batch with explicit positions (beside a silent clip, which leaves it)."""
     lalm = tiny()
     audio = clip(5.3, seed=4)
+    silent = np.zeros(int(2.5 * SR), np.float32)
     for method in ("vanilla", "headrouter", "fastv"):
         off = lalm.generate(
             [audio], [PROMPT], _gated(method, 0.4, "off"), 5, min_new_tokens=5, return_logits=True
+        )[0]
+        alone = lalm.generate(
+            [audio], [PROMPT], _gated(method, 0.4), 5, min_new_tokens=5, return_logits=True
+        )[0]
+        quiet, rebuilt = lalm.generate(
+            [silent, audio], [PROMPT] * 2, _gated(method, 0.4), 5, min_new_tokens=5, return_logits=True
         )
-        on = lalm.generate([audio], [PROMPT], _gated(method, 0.4), 5, min_new_tokens=5, return_logits=True)
-        assert on[0].token_ids == off[0].token_ids and on[0].kept_index == off[0].kept_index
-        assert torch.equal(on[0].logits, off[0].logits)
-        assert on[0].skipped_s == 0.0 and on[0].audio_tokens == off[0].audio_tokens
+        assert quiet.silent and quiet.skipped_s == 2.5
+        for on in (alone, rebuilt):
+            assert on.token_ids == off.token_ids and on.kept_index == off.kept_index, method
+            torch.testing.assert_close(on.logits, off.logits, atol=1e-5, rtol=0)
+            assert on.skipped_s == 0.0 and on.audio_tokens == off.audio_tokens
+        assert torch.equal(alone.logits, off.logits)  # handed back unchanged: the stock path itself
 
 
 def test_all_empty_clip_is_silent_never_an_error():
@@ -166,7 +177,8 @@ def test_pipeline_rows_carry_skipped_seconds_and_the_silent_flag():
     from workers.options import WorkerOptions
 
     worker = InferenceWorker(
-        WorkerOptions(model="tiny-random", max_new_tokens=2, skip_silence="vad"), CHUNK_SCHEMA
+        WorkerOptions(model="tiny-random", prune=PruneOptions(skip_silence="vad"), max_new_tokens=2),
+        CHUNK_SCHEMA,
     )
     tone = clip(4.0, seed=8)  # no speech: every window empty for the VAD
     rows = [{"run_id": "r", "attempt_id": "a", "id": i, "source": i, "task": "asr", "question": None,
@@ -178,7 +190,8 @@ def test_pipeline_rows_carry_skipped_seconds_and_the_silent_flag():
         assert row["status"] == "ok" and row["silent"] and row["text"] == "", row
     assert [row["skipped_s"] for row in out] == [4.0, 2.0]
     energy = InferenceWorker(
-        WorkerOptions(model="tiny-random", max_new_tokens=2, skip_silence="energy"), CHUNK_SCHEMA
+        WorkerOptions(model="tiny-random", prune=PruneOptions(skip_silence="energy"), max_new_tokens=2),
+        CHUNK_SCHEMA,
     )
     row = energy.infer([rows[0] | {"audio": gappy("x-", 0.5).astype("<f4").tobytes(), "end_s": 4.5}])[0]
     assert (

@@ -77,13 +77,29 @@ def test_oracle_without_a_category_is_a_clear_error():
 # ---- learned --------------------------------------------------------------------------------------------------
 
 
+def _alpha_by_hand(router: LearnedRouter, selectivity: np.ndarray, spread: float) -> np.ndarray:
+    """The module docstring's rule written out: logistic posterior p, u = its entropy in bits, (p_sem, u, p_aco)."""
+    x = np.concatenate([selectivity, [spread]])  # features ("selectivity", "spread"): [H + 1]
+    logits = np.array(router.coef) @ ((x - np.array(router.mean)) / np.array(router.scale)) + router.intercept
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    u = -sum(v * np.log2(v) for v in p if v > 0)
+    return np.array([(1 - u) * p[0], u, (1 - u) * p[1]])
+
+
 @SETTINGS
 @given(st.integers(0, 2**31 - 1), st.floats(0.0, 5.0))
 def test_prop_learned_alpha_sums_to_one_and_matches_posterior(seed, scale):
     q, k = _qk(seed)
-    sel = HeadRouter(_profiles(router=_router(scale)), routing="learned").select(q, k, 0.5)
+    profiles = _profiles(router=_router(scale))
+    sel = HeadRouter(profiles, routing="learned").select(q, k, 0.5)
+    expected = _alpha_by_hand(profiles.router, sel.selectivity.double().numpy(), sel.spread)
+    assert sel.alpha.double().numpy() == pytest.approx(expected, abs=1e-5)
     assert (sel.alpha >= 0).all() and sel.alpha.sum().item() == pytest.approx(1.0, abs=1e-6)
-    assert sel.head_weights.sum().item() == pytest.approx(1.0, abs=1e-5)
+    # eq. 14 then 7 with this alpha: the profiles normalized, mixed, normalized again
+    sem, aco = (np.array(w) / np.sum(w) for w in (profiles.semantic, profiles.acoustic))
+    w = expected[0] * sem + expected[1] / H + expected[2] * aco
+    assert sel.head_weights.double().numpy() == pytest.approx(w / w.sum(), abs=1e-5)
 
 
 def test_posterior_alpha_by_hand():
@@ -244,3 +260,9 @@ def test_engine_oracle_takes_each_samples_category_and_learned_routes(tmp_path):
         lalm.generate([audio], [prompt], oracle, 1)
     learned = lalm.generate([audio], [prompt], PruneOptions(method="headrouter-learned", retain=0.3), 1)[0]
     assert sum(learned.routing["alpha"]) == pytest.approx(1.0, abs=1e-6)
+    # the profiles' fitted classifier on this sample's own routing statistics, not another rule's alpha
+    r = learned.routing
+    by_router = prof.router.alpha(torch.tensor(r["selectivity"]), r["spread"], learned.audio_tokens)
+    assert r["alpha"] == pytest.approx(by_router.tolist(), abs=1e-6)
+    soft = lalm.generate([audio], [prompt], PruneOptions(method="headrouter", retain=0.3), 1)[0].routing
+    assert r["alpha"] != pytest.approx(soft["alpha"], abs=1e-3)  # the spread rule would route elsewhere
