@@ -127,7 +127,14 @@ def calibrate_budget(opts: BudgetCalibrateOptions) -> dict:
         log.info("budget: %s scores of %d clips (%.0f s)", method, len(rows), time.monotonic() - started)
     table = budget_table(shares, rows, opts.power)
     table.update(manifest=str(opts.manifest), seed=opts.seed)
-    profiles = replace(lalm.profiles(opts.profiles), budget=table)
+    old = lalm.profiles(opts.profiles)
+    same = ("rule", "floor", "ceiling", "power", "weighting", "retains", "manifest", "samples", "seed")
+    if old.budget and all(
+        old.budget.get(k) == table.get(k) for k in same
+    ):  # add methods to the same calibration
+        for key in ("thresholds", "realized"):
+            table[key] = {**old.budget[key], **table[key]}
+    profiles = replace(old, budget=table)
     profiles.save(out)
     for key, taus in table["thresholds"].items():
         log.info("budget: %s thresholds %s", key, " ".join(f"{r:g}:{t:.3f}" for r, t in zip(GRID, taus)))

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--match-kept",
         action="store_true",
-        help="run adaptive budgets at the retain that keeps --retain of these clips' audio tokens (measured)",
+        help="run adaptive budgets at the retain that keeps as many of these clips' audio tokens as fixed ones",
     )
     p.add_argument(
         "--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster (default: run locally)"

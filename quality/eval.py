@@ -42,7 +42,7 @@ class EvalOptions:
     resamples: int = 1000
     max_new_tokens: int = 16
     budgets: tuple[str, ...] = ("fixed",)
-    match_kept: bool = False  # adaptive budgets run at the retain that keeps `retain` of these clips' tokens
+    match_kept: bool = False  # adaptive budgets keep as many of these clips' audio tokens as fixed ones
 
 
 def _rows(opts: EvalOptions) -> list[dict]:
@@ -80,18 +80,22 @@ def method_options(method: str) -> tuple[str, str]:
     return base, gate or "off"
 
 
-def _matched_retain(opts: EvalOptions, lalm, rows: list[dict], method: str, target: float) -> float:
-    """The retain at which the adaptive budget keeps `target` of these rows' audio tokens (a scores-only prefill
-    per row, no answers read): adaptive and fixed budgets are then compared at the same measured cost."""
+def _matched_retain(opts: EvalOptions, lalm, rows: list[dict], method: str, retain: float) -> float:
+    """The retain at which the adaptive budget keeps as many of these rows' audio tokens as the fixed budget at
+    `retain` does (sum of floor(Na * retain)), from a scores-only prefill per row (no answers read): adaptive and
+    fixed budgets are then compared at the same measured cost."""
     from headrouter.budget import retain_for_fraction
     from headrouter.budget_calibration import collect_shares
+    from headrouter.routing import keep_count
 
     profiles = lalm.profiles(opts.profiles)
     power = float((profiles.budget or {}).get("power", 1.0))
     shares = collect_shares(lalm, rows, method, opts.profiles, power)
-    retain = retain_for_fraction(shares, profiles, method, target)
-    log.info("%s adaptive: retain %.4f keeps %.3f of these clips' audio tokens", method, retain, target)
-    return retain
+    target = sum(keep_count(len(s), retain) for s in shares) / sum(len(s) for s in shares)
+    matched = retain_for_fraction(shares, profiles, method, target)
+    log.info("%s adaptive: retain %.4f keeps %.4f of these clips' audio tokens, as fixed %g", method, matched,
+             target, retain)  # fmt: skip
+    return matched
 
 
 def run_config(
