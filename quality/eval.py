@@ -71,6 +71,7 @@ def _rows(opts: EvalOptions) -> list[dict]:
 
 
 _MODELS: dict = {}
+_SHARES: dict = {}  # (model, profiles, method, power, clip ids) -> each clip's importance shares
 
 
 def method_options(method: str) -> tuple[str, str]:
@@ -90,7 +91,10 @@ def _matched_retain(opts: EvalOptions, lalm, rows: list[dict], method: str, reta
 
     profiles = lalm.profiles(opts.profiles)
     power = float((profiles.budget or {}).get("power", 1.0))
-    shares = collect_shares(lalm, rows, method, opts.profiles, power)
+    key = (opts.model, opts.profiles, method, power, tuple(r["id"] for r in rows))
+    if key not in _SHARES:  # one scores-only pass per method, whatever the retain
+        _SHARES[key] = collect_shares(lalm, rows, method, opts.profiles, power)
+    shares = _SHARES[key]
     target = sum(keep_count(len(s), retain) for s in shares) / sum(len(s) for s in shares)
     matched = retain_for_fraction(shares, profiles, method, target)
     log.info("%s adaptive: retain %.4f keeps %.4f of these clips' audio tokens, as fixed %g", method, matched,
