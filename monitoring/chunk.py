@@ -125,7 +125,8 @@ class ChunkMetrics:
         self._touched: set[tuple[str, ...]] = set()
 
     def observe(self, row: dict, latency_s: float | None = None) -> None:
-        """Record one chunk row; latency_s is the chunk's end-to-end time (default prefill_s + decode_s)."""
+        """Record one chunk row; latency_s is the chunk's end-to-end time (default prefill_s + decode_s
+        + prepare_s)."""
         labels = {
             "model": m.model_label(row.get("model")),
             "method": str(row.get("method") or "unknown"),
@@ -152,13 +153,13 @@ class ChunkMetrics:
             if value is not None and value >= 0:
                 sink.inc(spec, value, labels)
         prefill, decode = _number(row.get("prefill_s")), _number(row.get("decode_s"))
-        if prefill is not None:
-            sink.observe(m.PREFILL, prefill, labels)
-        if decode is not None:
-            sink.observe(m.DECODE, decode, labels)
+        prepare = _number(row.get("prepare_s"))
+        for spec, value in ((m.PREFILL, prefill), (m.DECODE, decode), (m.PREPARE, prepare)):
+            if value is not None:
+                sink.observe(spec, value, labels)
         latency = _number(latency_s)
         if latency is None and prefill is not None and decode is not None:
-            latency = prefill + decode
+            latency = prefill + decode + (prepare or 0.0)
         if latency is not None:
             sink.observe(m.LATENCY, latency, labels)
         for profile in m.PROFILES:

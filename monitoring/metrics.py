@@ -67,6 +67,12 @@ PREFILL = MetricSpec(
 DECODE = MetricSpec(
     "headrouter_decode_seconds", "histogram", "Decode latency per chunk.", buckets=LATENCY_BUCKETS
 )
+PREPARE = MetricSpec(
+    "headrouter_prepare_seconds",
+    "histogram",
+    "Host-side preparation per chunk (checks, features, the padded batch): its share of the model call.",
+    buckets=LATENCY_BUCKETS,
+)
 LATENCY = MetricSpec(
     "headrouter_chunk_latency_seconds",
     "histogram",
@@ -123,6 +129,7 @@ CHUNK_METRICS = (
     CHUNKS,
     PREFILL,
     DECODE,
+    PREPARE,
     LATENCY,
     AUDIO_TOKENS,
     KEPT_TOKENS,

@@ -125,7 +125,7 @@ def plot_throughput(files: list[dict], chunks: list[dict]) -> str:
         ok = [c for c in chunks if c.get("status") == "ok"]
         xs, ys, t, a = [], [], 0.0, 0.0
         for c in ok:
-            t += (_num(c.get("prefill_s")) or 0) + (_num(c.get("decode_s")) or 0)
+            t += sum(_num(c.get(k)) or 0 for k in ("prepare_s", "prefill_s", "decode_s"))
             a += max(0.0, (_num(c.get("end_s")) or 0) - (_num(c.get("start_s")) or 0)) / 3600
             xs.append(t / 60)
             ys.append(a)
@@ -247,8 +247,23 @@ def summary(chunks: list[dict], files: list[dict]) -> list[tuple[str, str]]:
         ),
         ("errors by kind", ", ".join(f"{k}: {n}" for k, n in kinds.most_common()) or "none"),
         ("shadow agreement (pruned vs unpruned)", _shadow_agreement(ok)),
+        ("model-call time: preparation / prefill / decode", _call_shares(ok)),
     ]
     return rows
+
+
+def call_shares(ok: list[dict]) -> dict | None:
+    """Shares of the ok chunks' model-call wall time: {"prepare", "prefill", "decode"} summing to 1 (None: none)."""
+    totals = {k: sum(_num(c.get(f"{k}_s")) or 0.0 for c in ok) for k in ("prepare", "prefill", "decode")}
+    whole = sum(totals.values())
+    return {k: v / whole for k, v in totals.items()} if whole > 0 else None
+
+
+def _call_shares(ok: list[dict]) -> str:
+    shares = call_shares(ok)
+    if shares is None:
+        return "n/a"
+    return " / ".join(f"{100 * shares[k]:.1f} %" for k in ("prepare", "prefill", "decode"))
 
 
 def _budget(chunk: dict) -> str:

@@ -198,10 +198,20 @@ def format_summary(s: RunSummary) -> str:
             " / ".join(f(a, ".3f") for a in (s.alpha_semantic, s.alpha_uniform, s.alpha_acoustic)),
         ),
         ("shadow agreement", _agreement(s)),
+        ("call time", _shares(s)),
         ("output", s.output),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _shares(s: RunSummary) -> str:
+    """Where the model calls' wall time went: host-side preparation, prefill, decode steps."""
+    shares = s.call_shares
+    if shares is None:
+        return "-"
+    parts = " / ".join(f"{shares[k]:.0%}" for k in ("prepare", "prefill", "decode"))
+    return f"{parts} prepare / prefill / decode ({s.prepare_s + s.prefill_s + s.decode_s:.1f} s)"
 
 
 def _agreement(s: RunSummary) -> str:

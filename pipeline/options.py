@@ -111,7 +111,19 @@ class RunSummary:
     errors: dict = dataclasses.field(default_factory=dict)  # error kind -> count
     shadow_chunks: int = 0  # chunks also run unpruned (--shadow-fraction)
     shadow_agreement: tuple | None = None  # (mean, low, high): mean agreement and its bootstrap 95% interval
+    prepare_s: float = 0.0  # the ok files' model-call time: host-side preparation,
+    prefill_s: float = 0.0  # prefill (audio encoder + LLM),
+    decode_s: float = 0.0  # and decode steps
     exit_code: int = 0
+
+    @property
+    def call_shares(self) -> dict | None:
+        """Shares of the model calls' wall time: {"prepare", "prefill", "decode"} summing to 1 (None: no calls)."""
+        total = self.prepare_s + self.prefill_s + self.decode_s
+        if total <= 0:
+            return None
+        parts = {"prepare": self.prepare_s, "prefill": self.prefill_s, "decode": self.decode_s}
+        return {k: v / total for k, v in parts.items()}
 
     @property
     def rtf(self) -> float | None:
@@ -127,6 +139,7 @@ class RunSummary:
         d = dataclasses.asdict(self)
         d["rtf"] = self.rtf
         d["error_fraction"] = self.error_fraction
+        d["call_shares"] = self.call_shares
         return d
 
 

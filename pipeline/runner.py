@@ -195,6 +195,9 @@ def _summary(run_id, opts, rows, listed, skipped, missing, wall_s, shadow=()) ->
         errors=dict(errors),
         shadow_chunks=len(shadow),
         shadow_agreement=mean_interval(shadow) if shadow else None,
+        prepare_s=sum(float(r.get("prepare_s") or 0.0) for r in ok),
+        prefill_s=sum(float(r.get("prefill_s") or 0.0) for r in ok),
+        decode_s=sum(float(r.get("decode_s") or 0.0) for r in ok),
         exit_code=1 if frac > opts.max_error_fraction else 0,
     )
 

@@ -54,6 +54,7 @@ _TYPES = {
     "spread": pa.float64(),
     "prefill_s": pa.float64(),
     "decode_s": pa.float64(),
+    "prepare_s": pa.float64(),  # host-side preparation (checks, features, the padded batch), the chunk's share
     "kv_bytes_full": pa.int64(),
     "kv_bytes_kept": pa.int64(),
     "skipped_s": pa.float64(),
@@ -77,12 +78,12 @@ def _schema(*names: str) -> pa.Schema:
 # one row per chunk: the model's answer for one window of audio
 CHUNK_SCHEMA = _schema(
     *_IDENTITY, "chunk_index", "start_s", "end_s", "status", "error", "task", "question", "text", *_PRUNING,
-    "spread", "prefill_s", "decode_s", "kv_bytes_full", "kv_bytes_kept", "skipped_s", "silent", "shadow_text", "shadow_agreement", "shadow_s", "last", "node_id",
+    "spread", "prefill_s", "decode_s", "prepare_s", "kv_bytes_full", "kv_bytes_kept", "skipped_s", "silent", "shadow_text", "shadow_agreement", "shadow_s", "last", "node_id",
 )  # fmt: skip
 # one row per source file: its chunks' text joined, totals and means over its chunks
 FILE_SCHEMA = _schema(
     *_IDENTITY, "status", "error", "error_kind", "text", "duration_s", "num_chunks", "num_errors", "task",
-    "question", *_PRUNING, "prefill_s", "decode_s", "shadow_agreement", "committed_at",
+    "question", *_PRUNING, "prefill_s", "decode_s", "prepare_s", "shadow_agreement", "committed_at",
 )  # fmt: skip
 
 
@@ -224,6 +225,7 @@ def file_row(chunks: list[dict], committed_at: datetime) -> dict:
         "alpha_acoustic": mean("alpha_acoustic"),
         "prefill_s": sum(float(c.get("prefill_s") or 0.0) for c in ok),
         "decode_s": sum(float(c.get("decode_s") or 0.0) for c in ok),
+        "prepare_s": sum(float(c.get("prepare_s") or 0.0) for c in ok),
         "shadow_agreement": sum(shadow) / len(shadow) if shadow else None,
         "committed_at": committed_at,
     }

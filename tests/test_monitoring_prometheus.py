@@ -49,6 +49,7 @@ def chunk_row(i, task="asr", status="ok", error="", length_s=6.0):
         spread=0.1,
         prefill_s=0.05 + 0.01 * i,
         decode_s=0.2 + 0.02 * i,
+        prepare_s=0.01 + 0.001 * i,
         kv_bytes_full=150_000,
         kv_bytes_kept=90_000,
         shadow_agreement=1.0 if i % 3 else 0.75,  # every chunk shadowed
@@ -150,7 +151,10 @@ def test_rules_load_and_every_dashboard_and_rule_expression_returns_data(prometh
     assert len(loaded) == len(rules())
     assert all(rule["health"] == "ok" for rule in loaded), [(x["name"], x.get("lastError")) for x in loaded]
 
-    wanted = dashboard_exprs() + [r["expr"] for r in rules() if "record" in r]
+    # Ray's own GPU series exist only on nodes with a GPU: checked against Ray's names in the test below
+    wanted = [e for e in dashboard_exprs() if "ray_node_g" not in e] + [
+        r["expr"] for r in rules() if "record" in r
+    ]
     accelerator = [e for e in wanted if "accelerator" in e]
     if not _has_cuda():
         wanted = [e for e in wanted if e not in accelerator]
@@ -254,3 +258,62 @@ def test_local_stack_command_starts_and_stops(tmp_path):
     assert {j["job_name"] for j in config["scrape_configs"]} == {"pushgateway", "headrouter", "ray"}
     with pytest.raises(OSError):  # stopped: nothing answers any more
         urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/-/ready", timeout=2)
+
+
+def test_gpu_panel_reads_the_series_ray_exports_per_node(prometheus_stack, recorded):
+    """The dashboard's GPU panel against what Ray 2.60's node reporter exports on a GPU node: its gauge names and
+    GPU tag keys read from the installed Ray, served on the scraped Ray export port (this machine has no GPU)."""
+    import prometheus_client
+    from ray.dashboard.consts import GPU_TAG_KEYS
+    from ray.dashboard.modules.reporter.reporter_agent import METRICS_GAUGES
+
+    p = prometheus_stack
+    panel = next(
+        x for x in json.loads(DASHBOARD.read_text())["panels"] if x["title"].startswith("GPU utilization")
+    )
+    exprs = {t["refId"]: t["expr"] for t in panel["targets"]}
+    names = ("node_gpus_utilization", "node_gram_used", "node_gram_available")
+    assert all(name in METRICS_GAUGES for name in names)
+    assert "ray_node_gpus_utilization" in exprs["A"]
+    assert "ray_node_gram_used" in exprs["B"] and "ray_node_gram_available" in exprs["B"]
+    registry = prometheus_client.CollectorRegistry()
+    gauges = {
+        name: prometheus_client.Gauge(f"ray_{name}", "as Ray exports it", GPU_TAG_KEYS, registry=registry)
+        for name in ("node_gpus_utilization", "node_gram_used", "node_gram_available")
+    }
+    for index, (busy, used) in enumerate(((87.0, 60_000), (12.0, 20_000))):  # Ray records GRAM in MiB
+        tags = dict.fromkeys(GPU_TAG_KEYS, "x") | {
+            "ip": "10.0.0.7",
+            "GpuIndex": str(index),
+            "GpuDeviceName": "H200",
+        }
+        gauges["node_gpus_utilization"].labels(**tags).set(busy)
+        gauges["node_gram_used"].labels(**tags).set(used)
+        gauges["node_gram_available"].labels(**tags).set(140_000 - used)
+    server, thread = prometheus_client.start_http_server(p.ray_metrics_port, "127.0.0.1", registry=registry)
+    try:
+        busy = p.wait_for(exprs["A"], timeout=30, predicate=lambda r: len(r) == 2)
+        assert {s["metric"]["GpuIndex"]: float(s["value"][1]) for s in busy} == {"0": 87.0, "1": 12.0}
+        memory = p.wait_for(exprs["B"], timeout=30, predicate=lambda r: len(r) == 2)
+        got = {s["metric"]["GpuIndex"]: float(s["value"][1]) for s in memory}
+        assert got == pytest.approx({"0": 100 * 60_000 / 140_000, "1": 100 * 20_000 / 140_000})
+        assert _finite(p.query(exprs["C"]))  # our throughput beside them
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+
+
+def test_call_time_shares_panel_adds_up_to_one(prometheus_stack, recorded):
+    p = prometheus_stack
+    panel = next(
+        x for x in json.loads(DASHBOARD.read_text())["panels"] if x["title"].startswith("Share of model")
+    )
+    assert [t["legendFormat"] for t in panel["targets"]] == ["prepare", "prefill", "decode"]
+    shares = []
+    for target in panel["targets"]:
+        (sample,) = p.wait_for(target["expr"], timeout=30, predicate=_finite)
+        shares.append(float(sample["value"][1]))
+    assert all(0 < s < 1 for s in shares) and sum(shares) == pytest.approx(1.0)
+    ok = [r for r in recorded if r["status"] == "ok"]
+    (prepare,) = p.query('sum(headrouter_prepare_seconds_sum{job="headrouter"})')
+    assert float(prepare["value"][1]) == pytest.approx(sum(r["prepare_s"] for r in ok))

@@ -45,6 +45,7 @@ def _write_output(root: Path, with_routing=True) -> None:
                 alpha_acoustic=(0.2 if task == "qa" else 0.6) if ok and with_routing else None,
                 prefill_s=0.1 + 0.01 * i if ok else None,
                 decode_s=0.5 + 0.02 * i if ok else None,
+                prepare_s=0.05 if ok else None,
                 kv_bytes_full=10_000 if ok else None,
                 kv_bytes_kept=int(10_000 * retain) if ok else None,
             )
@@ -110,6 +111,23 @@ def test_report_is_self_contained_with_four_plots(tmp_path):
     assert "KV cache saved" in page and "n/a" not in page.split("KV cache saved")[1][:40]
 
 
+def test_report_shows_the_share_of_model_call_time(tmp_path):
+    from monitoring.report import call_shares, summary
+
+    _write_output(tmp_path / "out")
+    chunks = pq.read_table(tmp_path / "out" / "chunks").to_pylist()
+    ok = [c for c in chunks if c["status"] == "ok"]
+    shares = call_shares(ok)
+    assert sum(shares.values()) == pytest.approx(1.0)
+    total = sum(c["prepare_s"] + c["prefill_s"] + c["decode_s"] for c in ok)
+    assert shares["prepare"] == pytest.approx(0.05 * len(ok) / total)
+    assert shares["prefill"] == pytest.approx(sum(c["prefill_s"] for c in ok) / total)
+    row = dict(summary(chunks, []))["model-call time: preparation / prefill / decode"]
+    assert row == " / ".join(f"{100 * shares[k]:.1f} %" for k in ("prepare", "prefill", "decode"))
+    assert row in _report(tmp_path / "out")
+    assert call_shares([]) is None
+
+
 def test_report_without_routing_or_commit_times_still_renders(tmp_path):
     _write_output(tmp_path / "out", with_routing=False)
     shutil.rmtree(tmp_path / "out" / "files")
@@ -167,3 +185,24 @@ def test_summary_shows_shadow_agreement_with_an_interval_per_retain():
         "retain 0.6: 1.000 (95% CI 1.000-1.000, 1 chunks); retain 0.4: 1.000 (95% CI 1.000-1.000, 1 chunks)"
     )
     assert dict(summary([row(0.4, None)], []))["shadow agreement (pruned vs unpruned)"].startswith("n/a")
+
+
+def test_run_summary_shows_the_share_of_model_call_time(tmp_path):
+    from pipeline.cli import format_summary
+    from pipeline.options import RunOptions
+    from pipeline.runner import _summary
+
+    base = dict(num_chunks=1, duration_s=30.0, audio_tokens=750, kept_tokens=450, error_kind="")
+    rows = [
+        dict(base, status="ok", prepare_s=0.5, prefill_s=1.0, decode_s=3.5),
+        dict(base, status="ok", prepare_s=0.5, prefill_s=2.0, decode_s=2.5),
+        dict(base, status="error", error_kind="decode_error", prepare_s=None, prefill_s=None, decode_s=None),
+    ]
+    opts = RunOptions(input=str(tmp_path), output=str(tmp_path / "out"))
+    s = _summary("r", opts, rows, 3, 0, [], 20.0)
+    assert (s.prepare_s, s.prefill_s, s.decode_s) == (1.0, 3.0, 6.0)
+    assert s.call_shares == pytest.approx({"prepare": 0.1, "prefill": 0.3, "decode": 0.6})
+    assert sum(s.to_dict()["call_shares"].values()) == pytest.approx(1.0)
+    (line,) = [x for x in format_summary(s).splitlines() if x.startswith("call time ")]
+    assert line.split(None, 2)[2] == "10% / 30% / 60% prepare / prefill / decode (10.0 s)"
+    assert _summary("r", opts, rows[2:], 1, 0, [], 1.0).call_shares is None

@@ -328,6 +328,7 @@ class FakeGen:
     kv_bytes_kept: int = 6
     prefill_s: float = 0.1
     decode_s: float = 0.01
+    prepare_s: float = 0.002
     skipped_s: float = 0.0
     silent: bool = False
 

@@ -23,6 +23,7 @@ class Generation(Protocol):
     kv_bytes_kept: int
     prefill_s: float
     decode_s: float
+    prepare_s: float  # host-side preparation: prefill_s + decode_s + prepare_s is the sample's call share
     skipped_s: float
     silent: bool
 

@@ -252,6 +252,7 @@ class InferenceWorker:
                 spread=_float(routing.get("spread")),
                 prefill_s=float(gen.prefill_s),
                 decode_s=float(gen.decode_s),
+                prepare_s=float(gen.prepare_s),
                 kv_bytes_full=int(gen.kv_bytes_full),
                 kv_bytes_kept=int(gen.kv_bytes_kept),
                 skipped_s=float(gen.skipped_s),
