@@ -192,3 +192,37 @@ def test_fixed_is_bit_identical_to_the_code_before_budgets(synth):
                 assert torch.equal(logits, ref[key.replace("/keep", "/logits")]), key
     finally:
         torch.set_num_threads(threads)
+
+
+def test_shipped_tiny_synth_profiles_hold_a_budget_calibration_that_round_trips():
+    from headrouter.profiles import Profiles
+
+    path = Path(__file__).parents[1] / "models" / "tiny-synth" / "headrouter_profiles.json"
+    profiles = Profiles.load(path)
+    assert Profiles.from_dict(profiles.to_dict()).budget == profiles.budget
+    table = profiles.budget
+    for key in ("headrouter", "fastv"):
+        assert table["realized"][key][table["retains"].index(0.4)] == pytest.approx(0.4, abs=0.01)
+        taus = [budget_rule(profiles, m, r).threshold for m in (key,) for r in (0.1, 0.4, 0.7)]
+        assert taus == sorted(taus)  # more retain, a higher share
+    assert budget_rule(profiles, "dart", 0.4) == budget_rule(profiles, "fastv", 0.4)
+    assert budget_rule(profiles, "headrouter-noprefilter", 0.4) == budget_rule(profiles, "headrouter", 0.4)
+
+
+def test_summary_rows_per_budget_with_the_measured_kept_fraction():
+    from quality.metrics import summarize
+
+    def rows(budget, kept):
+        return [
+            {"id": f"d{i}", "task": "digits", "category": "semantic", "method": "headrouter" if budget else "vanilla",
+             "budget": budget or "fixed", "retain": 0.4 if budget else 1.0, "answer": "one", "prediction": "one",
+             "score": 1.0, "audio_tokens": 100, "kept_tokens": k, "kv_bytes_full": 10, "kv_bytes_kept": 10,
+             "prefill_s": 0.01}
+            for i, k in enumerate(kept)
+        ]  # fmt: skip
+
+    table = summarize(
+        rows(None, [100, 100]) + rows("fixed", [40, 40]) + rows("adaptive", [70, 10]), resamples=5
+    )
+    got = {(r["method"], r["budget"]): r["kept_fraction"] for r in table}
+    assert got == {("vanilla", "fixed"): 1.0, ("headrouter", "fixed"): 0.4, ("headrouter", "adaptive"): 0.4}
