@@ -27,6 +27,8 @@ nice -n 10 python -m jobs.tune --input /tmp/w24/data/synth/digits.jsonl --output
 # every retain on all 600 of its clips)
 python -m jobs.tune_check --manifest $S7/test.jsonl --tune /tmp/w24/out/qa-seed7 --holdout-manifest /tmp/w24/data/synth/test.jsonl \
     --holdout-tune results/shadow-tiny-synth/tune-seed2 --target 0.98 0.95 0.9 --out /tmp/w24/out/check-qa-seed7
+python -m jobs.tune_check --manifest $S7/test.jsonl --tune /tmp/w24/out/qa-seed7-noref --holdout-manifest /tmp/w24/data/synth/test.jsonl \
+    --holdout-tune results/shadow-tiny-synth/tune-seed2 --target 0.98 0.95 0.9 --out /tmp/w24/out/check-qa-seed7-noref
 python -m jobs.tune_check --manifest $S7/digits.jsonl --tune /tmp/w24/out/qa-seed7 --out /tmp/w24/out/check-qa-seed7-digits
 python -m jobs.tune_check --manifest $S7/digits.jsonl --tune /tmp/w24/out/asr-digits-seed7 --out /tmp/w24/out/check-asr-digits-seed7
 # then: cp -r /tmp/w24/out/{qa-seed7,asr-digits-seed7,...} /tmp/w24/out/*.log results/tune-rules-tiny-synth/
