@@ -35,3 +35,4 @@ python -m jobs.tune_check --manifest $S7/digits.jsonl --tune /tmp/w24/out/asr-di
 # Code: run from a copy of commit 6b5468a with this issue's scoring and recommendation files (commit 229ecb8's
 # versions of pipeline/tune.py's rule code, jobs/tune.py, quality/metrics.py, quality/tune_check.py,
 # pipeline/sources.py), before RunOptions carried a PruneOptions: recommendation.json has no "budget" field here.
+python -m jobs.tune_check --manifest /tmp/w24/data/synth/digits.jsonl --tune /tmp/w24/out/asr-digits-seed2 --out /tmp/w24/out/check-asr-digits-seed2
