@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from bench.batch import run_batch
+from bench.loop import run_loop
 from bench.flops import (
     AUDIO_ENCODER_OMNI,
     OMNI_3B_TEXT,
@@ -361,7 +362,8 @@ SUBCOMMANDS: dict[str, tuple[Callable[[Run], None], ...]] = {
     "memory": (run_memory,),
     "pipeline": (run_pipeline,),
     "batch": (run_batch,),
-    "all": (run_prefill, run_memory, run_pipeline, run_batch),
+    "loop": (run_loop,),
+    "all": (run_prefill, run_memory, run_pipeline, run_batch, run_loop),
 }
 
 

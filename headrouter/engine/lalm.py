@@ -112,6 +112,11 @@ class LALM:
         self._profiles: dict[str | None, object] = {}
         self._torch = torch
         self.eos_token_ids, self.pad_token_id = _special_ids(model, tokenizer)
+        from headrouter.engine.loop import EngineOptions
+
+        self.engine_options = EngineOptions()  # how generate runs (same tokens either way); set to change
+        # the windowed audio encoders (Qwen2.5-Omni, Qwen3-Omni): every window of a length in one attention call
+        self.window_batching = _batch_windows(model)
 
     def __repr__(self) -> str:
         return (
@@ -288,14 +293,21 @@ class LALM:
                     outs[i] = out
             return outs
         router = self.check_options(options)
+        t0 = time.perf_counter()
         batch = self.prepare_batch(audios, prompts, sample_rate)
         samples = _sample_infos(options, audios, categories)
+        prepare = time.perf_counter() - t0
+        lengths = batch["attention_mask"].sum(dim=1).tolist()  # [B] input tokens: the share of preparation
         if options.skip_silence != "off":
             args = (options, router, samples, max_new_tokens, min_new_tokens, return_logits)
-            return self._generate_gated(batch, audios, *args)
-        return self._generate_batch(
-            batch, options, router, samples, max_new_tokens, min_new_tokens, return_logits
-        )
+            outs = self._generate_gated(batch, audios, *args)
+        else:
+            outs = self._generate_batch(
+                batch, options, router, samples, max_new_tokens, min_new_tokens, return_logits
+            )
+        from dataclasses import replace
+
+        return [replace(out, prepare_s=prepare * n / sum(lengths)) for out, n in zip(outs, lengths)]
 
     def _gate(self, batch, audios, options):
         """headrouter.engine.gating.gate_batch for this model: (batch' or None, gates, live row indices)."""
@@ -325,10 +337,40 @@ class LALM:
         return [replace(results.get(i, silent), skipped_s=g.skipped_s) for i, g in enumerate(gates)]
 
     def _generate_batch(self, batch, options, router, samples, max_new_tokens, min_new_tokens, return_logits):
+        """One padded batch: the pruned prefill and greedy decoding, on the engine's own loop where the family
+        allows it (`loop_fallback` says why not), else on transformers' generate; the same tokens either way."""
+        handle = self.prune_hooks(options, router, samples)
+        kwargs = dict(
+            max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, return_logits=return_logits
+        )
+        parts = self.loop_parts()
+        if parts is not None and self.engine_options.loop == "owned":
+            from headrouter.engine.owned import run_owned
+
+            call = run_owned(
+                self, parts, self.engine_options, batch, handle, options.layer, sync=self._sync, **kwargs
+            )
+        else:
+            call = self._call_stock(batch, handle, **kwargs)
+        return self._results(batch, options, call)
+
+    def loop_parts(self):
+        """The stock modules the engine's own loop drives, or None when this family must use transformers'
+        generate (the reason is in `loop_fallback`)."""
+        if not hasattr(self, "_loop_parts"):
+            from headrouter.engine.loop import find_parts
+
+            self._loop_parts, self.loop_fallback = find_parts(self.model, self.layers, self.final_norm)
+            if self.loop_fallback is not None:
+                log.info("%s decodes with transformers' generate: %s", self.model_id, self.loop_fallback)
+        return self._loop_parts
+
+    def _call_stock(self, batch, handle, *, max_new_tokens, min_new_tokens, return_logits):
+        """The previous engine: transformers' generate with the pruning hooks on every step."""
         from headrouter.engine.kv import per_token_bytes
+        from headrouter.engine.owned import CallResult, _last_position_only
 
         torch = self._torch
-        lengths = [int(n) for n in batch["attention_mask"].sum(dim=1).tolist()]  # unpadded input lengths
         width = int(batch["input_ids"].shape[1])
         marks: dict = {}
 
@@ -340,7 +382,6 @@ class LALM:
 
         timer = self.model.register_forward_hook(after_forward, with_kwargs=True)
         head = self.model.get_output_embeddings().register_forward_pre_hook(_last_position_only)
-        handle = self.prune_hooks(options, router, samples)
         try:
             with torch.inference_mode():
                 self._sync()
@@ -363,12 +404,22 @@ class LALM:
             head.remove()
             if handle is not None:
                 handle.remove()
-        tokens = [self._until_eos(row[width:].tolist()) for row in out.sequences]
-        steps = [max(len(t) - 1, 0) for t in tokens]  # decode steps after the prefill's token
+        logits = None
+        if return_logits:
+            stacked = torch.stack([step.float() for step in out.logits])  # [steps, B, V]
+            logits = [stacked[:, b] for b in range(stacked.shape[1])]
+        tokens = [row[width:].tolist() for row in out.sequences]
         prefill = marks["prefill_end"] - start
-        decode = end - marks["prefill_end"]
-        per_token = marks["per_token"]  # [L] cache bytes per token of one sample
-        m = options.layer
+        return CallResult(tokens, logits, prefill, end - marks["prefill_end"], marks["per_token"], handle, 0)
+
+    def _results(self, batch, options, call) -> list[GenerationOutput]:
+        """Per-sample GenerationOutput of one call: tokens cut after the first end-of-sequence, time shared by
+        input tokens (prefill) and decode steps (decode), cache bytes from the measured bytes per token."""
+        lengths = [int(n) for n in batch["attention_mask"].sum(dim=1).tolist()]  # unpadded input lengths
+        width = int(batch["input_ids"].shape[1])
+        tokens = [self._until_eos(row) for row in call.tokens]
+        steps = [max(len(t) - 1, 0) for t in tokens]  # decode steps after the prefill's token
+        per_token, handle, m = call.per_token, call.handle, options.layer
         results = []
         for b, new in enumerate(tokens):
             record = handle.records[b] if handle is not None else None
@@ -379,9 +430,6 @@ class LALM:
             )
             full = sum(per_token) * lengths[b]
             kept = sum(per_token[:m]) * lengths[b] + sum(per_token[m:]) * kept_len
-            logits = None
-            if return_logits:
-                logits = torch.stack([step[b].float() for step in out.logits[: len(new)]])  # [steps, V]
             results.append(
                 GenerationOutput(
                     text=self.tokenizer.decode(new, skip_special_tokens=True),
@@ -391,10 +439,10 @@ class LALM:
                     routing=routing,
                     kv_bytes_full=full,
                     kv_bytes_kept=kept if record is not None else full,
-                    prefill_s=prefill * lengths[b] / sum(lengths),
-                    decode_s=decode * steps[b] / sum(steps) if sum(steps) else 0.0,
+                    prefill_s=call.prefill_s * lengths[b] / sum(lengths),
+                    decode_s=call.decode_s * steps[b] / sum(steps) if sum(steps) else 0.0,
                     kept_index=kept_index,
-                    logits=logits,
+                    logits=None if call.logits is None else call.logits[b][: len(new)],  # [steps, V]
                 )
             )
         return results
@@ -514,9 +562,10 @@ class LALM:
 
         longest = max(t for t, _ in counts)  # max_b T_b
         kept = max(kept_length(t, n) for t, n in counts)  # max_b K_b
-        m, layers = options.layer, self.num_layers
-        slots = len(counts) * (m * (longest + max_new_tokens) + (layers - m) * (kept + max_new_tokens))
-        return slots / layers
+        from headrouter.engine.owned import kv_slots
+
+        slots = kv_slots(len(counts), self.num_layers, options.layer, longest, kept, max_new_tokens)
+        return slots / self.num_layers
 
     @property
     def answer_end_id(self) -> int:
@@ -540,6 +589,19 @@ def _kept_bound(na: int, options: PruneOptions) -> int:
     from headrouter.routing import keep_count
 
     return keep_count(na, options.max_kept_fraction)
+
+
+def _batch_windows(model):
+    """Swap a windowed audio encoder's attention for the one-call-per-window-length version (None if the
+    model has no such encoder); `.remove()` on the handle restores the stock per-window loop."""
+    from headrouter.engine.encoder import batch_encoder_windows
+
+    tower = next((m for m in model.modules() if type(m).__name__ in WINDOWED_ENCODERS), None)
+    return batch_encoder_windows(tower) if tower is not None else None
+
+
+# audio encoders whose SDPA/eager path calls attention once per window (transformers 5.24)
+WINDOWED_ENCODERS = ("Qwen2_5OmniAudioEncoder", "Qwen3OmniMoeAudioEncoder")
 
 
 def _special_ids(model, tokenizer) -> tuple[frozenset[int], int]:
@@ -567,13 +629,6 @@ def _sample_infos(options: PruneOptions, audios, categories) -> list | None:
         seed = int.from_bytes(digest.digest()[:8], "little") & (2**63 - 1)
         infos.append(SampleInfo(seed=seed, category=None if categories is None else categories[i]))
     return infos
-
-
-def _last_position_only(module, args):
-    # generate() reads only the last position's logits; the stock forward has no logits_to_keep, so without
-    # this the prefill computes [B, T, V] logits (2 GiB per sample in bf16 at T = 7500, V = 151936)
-    (hidden,) = args  # [B, T, D]
-    return (hidden[:, -1:],) if hidden.shape[1] > 1 else None
 
 
 def _folder_settings(folder: Path | None) -> dict:
