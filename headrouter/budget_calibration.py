@@ -52,8 +52,8 @@ class BudgetCalibrateOptions:
 def collect_shares(
     lalm, rows: list[dict], method: str, profiles: str | None = None, power: float = 1.0
 ) -> list[np.ndarray]:
-    """Each row's `importance_shares` under `method` (one prefill per row, batch of one)."""
-    options = PruneOptions(method=method, retain=0.5, profiles=profiles)
+    """Each row's `importance_shares` under `method` (one prefill per row, batch of one; DART's are FastV's)."""
+    options = PruneOptions(method=score_key(method), retain=0.5, profiles=profiles)
     out = []
     for row in rows:
         category = row.get("category") if method == "headrouter-oracle" else None
