@@ -100,6 +100,8 @@ def _calibration_split():
 def test_the_calibrated_engine_keeps_the_requested_mean_on_the_calibration_split(synth):
     rows = _calibration_split()
     shares = {m: collect_shares(synth, rows, m, power=2.0) for m in ("headrouter", "fastv")}
+    dart = collect_shares(synth, rows[:3], "dart", power=2.0)  # DART counts by FastV's scores
+    assert all(np.array_equal(a, b) for a, b in zip(dart, shares["fastv"]))
     table = budget_table(shares, rows, power=2.0)
     profiles = replace(synth.profiles(), budget=table)
     synth._profiles[None] = profiles  # what the model folder's file would hold after jobs.calibrate_budget
