@@ -1,22 +1,34 @@
 #!/usr/bin/env bash
-# Full-size prefill + memory benchmark on one CUDA GPU: the Qwen2.5-Omni-3B thinker text shape (hidden 2048,
-# 36 layers, 16/2 heads, MLP 11008, vocab 151936) with dummy weights, bfloat16, SDPA, every method at retain
-# 0.7/0.4/0.1 on 1500 and 7500 audio tokens, 10 interleaved rounds; peak allocated memory per configuration,
-# plus vanilla and HeadRouter 0.4 with lm_head on every position (what a stock prefill computes; the engine keeps
-# the last position only, so these rows show what that saves).
-# Then the batch section (bench/batch.py): the same shape at batch 1, 8, 32, 64 on 300-s chunks, vanilla and HeadRouter
-# 0.4, 256 new tokens each, audio seconds per second and peak memory (the KV cache of 64 unpruned chunks is ~17 GB).
-# Expected under 8 minutes on an H100/H200-class GPU (~7 GB of weights); it stops itself at 9 minutes.
+# The engine at full size on one CUDA GPU (bench/gpu_engine.py): the Qwen2.5-Omni-3B thinker shape with a real-size
+# audio encoder, random weights, bf16, SDPA, 300-s chunks:
+#   - audio encoder ms per chunk, stock per-window attention vs one call per window length (outputs compared);
+#   - decode ms per step at batch 1/8/32/64, vanilla and HeadRouter 0.4, beside the bandwidth floor;
+#   - end to end audio seconds per second at batch 64 with 900 new tokens per chunk (forced), vanilla /
+#     HeadRouter 0.4 / FastV 0.4;
+#   - the owned loop's tokens vs transformers' generate (the previous engine) on the same batch.
+# Writes OUT/results.json (the schema bench/gpu_results.py reads: commit it as bench/results/gpu-<gpu>-<date>/ and
+# `python -m bench.cost` / `jobs.run --dry-run` use its efficiencies) and OUT/bench.md. Expected ~3-4 minutes on an
+# H100/H200 including the model build; it stops itself at 5.5 minutes (BENCH_TIMEOUT_S).
 #
-#   bench/gpu.sh [OUT_DIR]        # default bench/results/gpu-latest; writes bench.json and bench.md
+#   bench/gpu.sh [OUT_DIR]        # default bench/results/gpu-latest
 #
-# Needs a CUDA build of torch and the pinned transformers (pip install -r requirements.txt -c constraints.txt
-# after a CUDA torch). Nothing is downloaded: the weights are random.
+# Needs torch with CUDA and transformers 5.24 (no Ray, nothing downloaded). On a machine whose transformers is
+# another version, carry wheels (see ../shared/notes/gpu-device.md: `pip download --no-deps --only-binary=:all:
+# --python-version 3.12 ... -d WHEELS transformers==5.24.0 "regex>=2025.10.22"`) and set WHEELS=that folder: they
+# are installed into a scratch folder put first on PYTHONPATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"
 [ -x "$PY" ] || PY=python3
 OUT="${1:-bench/results/gpu-latest}"
+export PYTHONUNBUFFERED=1
+if [ -n "${WHEELS:-}" ]; then
+  SITE="$(mktemp -d)/site"
+  "$PY" -m pip install -q --no-index --no-deps --target "$SITE" "$WHEELS"/*.whl
+  export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+else
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
 "$PY" - <<'PYEOF'
 import sys
 
@@ -28,4 +40,5 @@ if not torch.cuda.is_available():
 print("gpu:", torch.cuda.get_device_name(0), "| torch", torch.__version__, "| transformers", transformers.__version__)
 PYEOF
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-timeout "${BENCH_TIMEOUT_S:-540}" "$PY" -m jobs.bench all --full-size --out "$OUT"
+mkdir -p "$OUT"
+timeout "${BENCH_TIMEOUT_S:-330}" "$PY" -m bench.gpu_engine --out "$OUT" 2>&1 | tee "$OUT/run.log"

@@ -207,3 +207,32 @@ def test_quick_batch_section(quick_run):
     )
     assert b["tiny_synth"]["same_outputs"]
     assert "## Batched generation" in md and any("one call over 8" in t["target"] for t in res["targets"])
+
+
+@pytest.mark.slow
+def test_quick_loop_section(quick_run):
+    res, md = quick_run
+    loop = res["loop"]
+    rows = loop["decode"]
+    assert {(r["method"], r["batch"], r["loop"]) for r in rows} == {
+        (m, b, name) for m in ("vanilla", "headrouter") for b in (1, 2) for name in ("stock", "owned")
+    }
+    assert all(r["same_tokens_as_stock"] and r["ms_per_step"] > 0 for r in rows)
+    assert all(r["speedup_vs_stock"] == 1.0 for r in rows if r["loop"] == "stock")
+    enc = loop["encoder"]
+    assert enc["max_abs_diff"] == 0.0 and enc["windows"] == 30 and enc["stock_s"] > 0
+    assert "## Decode loop and encoder windows" in md
+
+
+def test_gpu_engine_script_writes_results_the_cost_model_reads(tmp_path):
+    """bench/gpu.sh's measurement, at toy size on the CPU: its results.json passes the cost model's loader."""
+    from bench.gpu_engine import run
+    from bench.gpu_results import load
+
+    res = run(tmp_path, quick=True)
+    loaded = load(tmp_path / "results.json")
+    assert loaded.data["decode_ms_per_step"].keys() == {"vanilla", "headrouter-0.4"}
+    assert set(res["audio_s_per_s"]) == {"vanilla", "headrouter-0.4", "fastv-0.4"}
+    assert res["same_tokens_as_generate"] == {"vanilla": True, "headrouter-0.4": True}
+    assert res["encoder_ms_per_chunk"]["max_abs_diff"] == 0.0
+    assert "Same tokens as transformers' generate" in (tmp_path / "bench.md").read_text()
