@@ -17,7 +17,7 @@ from headrouter.engine.kv import per_token_bytes
 from headrouter.engine.loop import EngineOptions, LoopParts, all_done, decode_step, start
 from headrouter.engine.static_cache import StaticKV
 
-__all__ = ["CallResult", "kv_slots", "run_owned"]
+__all__ = ["CallResult", "Prefilled", "kv_slots", "prefill", "run_owned"]
 
 
 @dataclass
@@ -43,9 +43,25 @@ def kv_slots(batch: int, num_layers: int, layer: int, longest: int, most_kept: i
     return batch * (layer * (longest + max_new) + (num_layers - layer) * (most_kept + max_new))
 
 
-def run_owned(lalm, parts: LoopParts, engine: EngineOptions, batch: dict, handle, m: int, *,
-              max_new_tokens: int, min_new_tokens: int, return_logits: bool, sync) -> CallResult:  # fmt: skip
-    """Prefill `batch` through `lalm.model` (hooks in `handle` already registered; removed here), then decode."""
+@dataclass
+class Prefilled:
+    """A pruned prefill's outcome: next-token logits [B, V] float32 (the last position), its DynamicCache
+    (layers < M: [B, Hkv, T, d], layers >= M: the kept layout [B, Hkv, K, d]), the prefill's position ids
+    ([B, T] or [3|4, B, T]), valid columns per layer group ([B, T] and, pruned, the kept layout's [B, K]),
+    the layer group of each layer (all 0 when nothing was pruned), cache bytes per token per layer, seconds."""
+
+    first: torch.Tensor
+    cache: object
+    positions: torch.Tensor
+    valid: list
+    group: list[int]
+    per_token: list[int]
+    seconds: float
+
+
+def prefill(lalm, parts: LoopParts, batch: dict, handle, m: int, sync, keep=None) -> Prefilled:
+    """`batch` through `lalm.model` with the pruning hooks in `handle` (removed here, whatever happens);
+    `keep(cache, group)` runs on the cache inside the timed region (run_owned moves it into StaticKV there)."""
     model = lalm.model
     head = model.get_output_embeddings().register_forward_pre_hook(_last_position_only)
     # the positions generate() would use: the batch's own (window gating keeps kept tokens' original positions),
@@ -65,18 +81,30 @@ def run_owned(lalm, parts: LoopParts, engine: EngineOptions, batch: dict, handle
             pruner = handle.pruner if handle is not None else None
             pruned = pruner is not None and not pruner.identity
             group = [0 if (i < m or not pruned) else 1 for i in range(len(parts.layers))]
-            kv = StaticKV.from_prefill(cache, group, max_new_tokens)
-            del out, cache
+            if keep is not None:
+                cache = keep(cache, group)
+            del out
             sync()
-            t1 = time.perf_counter()
+            seconds = time.perf_counter() - t0
     finally:
         head.remove()
         if handle is not None:
             handle.remove()
+    valid = [batch["attention_mask"].bool()]  # [B, T] layers < M: the left padding hidden
+    if pruned:
+        valid.append(pruner.kept_valid)  # [B, K] layers >= M: the kept layout's left padding hidden
+    return Prefilled(first, cache, positions, valid, group, per_token, seconds)
+
+
+def run_owned(lalm, parts: LoopParts, engine: EngineOptions, batch: dict, handle, m: int, *,
+              max_new_tokens: int, min_new_tokens: int, return_logits: bool, sync) -> CallResult:  # fmt: skip
+    """Prefill `batch` through `lalm.model` (hooks in `handle` already registered; removed here), then decode."""
+    pre = prefill(
+        lalm, parts, batch, handle, m, sync, keep=lambda c, g: StaticKV.from_prefill(c, g, max_new_tokens)
+    )
+    kv, valid, positions, first = pre.cache, pre.valid, pre.positions, pre.first
+    t1 = time.perf_counter()
     with torch.inference_mode():
-        valid = [batch["attention_mask"].bool()]  # [B, T] layers < M: the left padding hidden
-        if pruned:
-            valid.append(pruner.kept_valid)  # [B, K] layers >= M: the kept layout's left padding hidden
         state = start(parts, kv, valid, positions, first, batch["input_ids"], max_new_tokens=max_new_tokens,
                       min_new_tokens=min_new_tokens, eos_ids=lalm.eos_token_ids, pad_id=lalm.pad_token_id,
                       keep_logits=return_logits)  # fmt: skip
@@ -102,14 +130,22 @@ def run_owned(lalm, parts: LoopParts, engine: EngineOptions, batch: dict, handle
         if return_logits:
             stacked = torch.stack(state.logits)  # [steps, B, V]
             logits = [stacked[:, b] for b in range(stacked.shape[1])]
-    return CallResult(tokens, logits, t1 - t0, t2 - t1, per_token, handle, kv.slots(), runner is not None)
+    return CallResult(
+        tokens, logits, pre.seconds, t2 - t1, pre.per_token, handle, kv.slots(), runner is not None
+    )
+
+
+_COMPILED: list = []  # one torch.compile of step_once per process: calls of the same shapes reuse its graphs
 
 
 def _compiled(state):
-    """`step_once` of this state under torch.compile (a zero-argument runner)."""
+    """`step_once` of this state under torch.compile (a zero-argument runner). Dynamo guards on the shapes, so
+    a call whose buffers have new shapes compiles again (after two shapes, once more with dynamic sizes)."""
     from headrouter.engine.loop import step_once
 
-    fn = torch.compile(step_once, dynamic=False)
+    if not _COMPILED:
+        _COMPILED.append(torch.compile(step_once))
+    fn = _COMPILED[0]
     return lambda: fn(state)
 
 
