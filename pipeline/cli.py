@@ -82,6 +82,12 @@ def parse_run_args(argv: list[str] | None = None, prog: str = "python -m jobs.ru
         "layers < M, its longest kept input for layers >= M, plus the new tokens) (default: no limit)",
     )
     p.add_argument("--max-new-tokens", type=int, default=RunOptions.max_new_tokens)
+    p.add_argument(
+        "--no-cuda-graphs",
+        dest="cuda_graphs",
+        action="store_false",
+        help="run the decode step eagerly on CUDA (for debugging; same tokens)",
+    )
     p.add_argument("--max-error-fraction", type=float, default=0.1)
     p.add_argument(
         "--retry-errors", action="store_true", help="reprocess sources that failed in earlier runs"
@@ -122,6 +128,7 @@ def parse_run_args(argv: list[str] | None = None, prog: str = "python -m jobs.ru
         batch_size=a.batch_size,
         max_batch_tokens=a.max_batch_tokens,
         shadow_fraction=a.shadow_fraction,
+        cuda_graphs=a.cuda_graphs,
         max_new_tokens=a.max_new_tokens,
         max_error_fraction=a.max_error_fraction,
         retry_errors=a.retry_errors,

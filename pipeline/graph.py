@@ -139,4 +139,5 @@ def worker_options(opts: RunOptions):
         batch_size=opts.batch_size,
         max_batch_tokens=opts.max_batch_tokens,
         shadow_fraction=opts.shadow_fraction,
+        cuda_graphs=opts.cuda_graphs,
     )

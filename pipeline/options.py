@@ -37,6 +37,7 @@ class RunOptions:
     batch_size: int = WorkerOptions.batch_size  # chunks per Ray batch, and most chunks in one generate call
     max_batch_tokens: int | None = None  # most KV tokens in one generate call (LALM.kv_tokens)
     shadow_fraction: float = 0.0  # share of chunks also run unpruned to measure agreement (workers.shadow)
+    cuda_graphs: bool = WorkerOptions.cuda_graphs  # capture the decode step on CUDA (--no-cuda-graphs: eager)
     max_new_tokens: int = WorkerOptions.max_new_tokens
     max_error_fraction: float = 0.1
     retry_errors: bool = False

@@ -106,3 +106,14 @@ def test_the_driver_of_a_run_never_imports_torch(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "TORCH False False" in res.stdout, res.stdout[-2000:]
+
+
+def test_no_cuda_graphs_reaches_the_engine_the_worker_loads():
+    from headrouter.engine.loop import EngineOptions
+
+    base = ["--input", "in", "--output", "out"]
+    assert worker_options(parse_run_args(base).opts).cuda_graphs is True
+    opts = worker_options(parse_run_args([*base, "--no-cuda-graphs"]).opts)
+    assert opts.cuda_graphs is False
+    worker = InferenceWorker(pickle.loads(pickle.dumps(opts)), CHUNK_SCHEMA)
+    assert worker.lalm.engine_options == EngineOptions(cuda_graphs=False)

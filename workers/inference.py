@@ -56,8 +56,10 @@ class InferenceWorker:
         self.schema = schema
         if lalm is None:
             from headrouter import load_lalm
+            from headrouter.engine.loop import EngineOptions
 
             lalm = load_lalm(opts.model, device=_device(opts), endpoint_url=opts.s3_endpoint)
+            lalm.engine_options = EngineOptions(cuda_graphs=opts.cuda_graphs)
         self.lalm: Engine = lalm
         self.model_id = lalm.model_id
         self.window_s = float(lalm.window_s)

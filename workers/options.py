@@ -18,6 +18,8 @@ class WorkerOptions:
     limit), in `LALM.kv_tokens` terms: per layer on average, a padded call holding its size times its longest
     input (layers < M) and its longest kept input (layers >= M), every layer its new tokens.
     shadow_fraction: share of chunks also run unpruned (method vanilla) to measure agreement (workers.shadow).
+    cuda_graphs: on CUDA, capture each call's decode step as a graph and replay it (False: eager, for debugging;
+    the same tokens either way; `headrouter.engine.loop.EngineOptions`).
     """
 
     model: str = "tiny-random"
@@ -29,3 +31,4 @@ class WorkerOptions:
     batch_size: int = 4
     max_batch_tokens: int | None = None
     shadow_fraction: float = 0.0
+    cuda_graphs: bool = True
