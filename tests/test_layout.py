@@ -101,3 +101,37 @@ def test_options_import_without_torch():
     )
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+# the method: routing math, baselines, budgets, profiles, options; calibration sits above both (it runs the engine)
+METHOD_MODULES = ("routing", "baselines", "budget", "profiles", "options", "attention", "learned")
+
+
+def test_the_method_never_imports_the_engine():
+    """headrouter/engine/ (loop, KV buffers, graph capture, encoder batching, adapters, loading, features) imports
+    the method; the method's modules never import the engine, so the arrow runs one way."""
+    hits = []
+    for name in METHOD_MODULES:
+        path = ROOT / "headrouter" / f"{name}.py"
+        assert path.exists(), path
+        hits += [
+            f"{name}.py imports {m}" for m in imported_modules(path) if m.startswith("headrouter.engine")
+        ]
+    assert hits == []
+
+
+def test_the_engine_has_a_folder_of_its_own():
+    engine = {p.stem for p in (ROOT / "headrouter" / "engine").glob("*.py")}
+    assert {
+        "lalm",
+        "loop",
+        "owned",
+        "static_cache",
+        "graphs",
+        "encoder",
+        "loading",
+        "audio",
+        "hooks",
+    } <= engine
+    assert (ROOT / "headrouter" / "engine" / "adapters").is_dir()
+    assert not (set(METHOD_MODULES) & engine)
