@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.batch import _Clock
 from bench.loop import encoder_ms
 
 log = logging.getLogger("bench")
@@ -72,18 +73,6 @@ def build(quick: bool, device: str):
     )
 
 
-class Clock:
-    def __init__(self, cuda: bool):
-        self.cuda = cuda
-
-    def __call__(self) -> float:
-        import torch
-
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
-
 def call(lalm, clips, method, retain, new_tokens, clock):
     from headrouter import PruneOptions
 
@@ -116,7 +105,7 @@ def run(out: Path, quick: bool) -> dict:
 
     cuda = torch.cuda.is_available() and not quick
     device = "cuda" if cuda else "cpu"
-    clock = Clock(cuda)
+    clock = _Clock(cuda).now  # wall time on CUDA (synchronized), process CPU time on the CPU
     started = time.time()
     lalm = build(quick, device)
     chunk_s = 20.0 if quick else 300.0

@@ -3,6 +3,8 @@ stock per-window loop: full and partial windows, several clips in one batch, sil
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -23,16 +25,23 @@ def test_batched_windows_equal_the_stock_encoder(alias):
     prompts = ["describe the sound ."] * len(audios)
     opts = PruneOptions(method="vanilla")
     batched, _ = lalm.prefill_logits(audios, prompts, opts)
-    lalm.window_batching.remove()
-    try:
+    with _stock_encoder(lalm):
         stock, _ = lalm.prefill_logits(audios, prompts, opts)
-    finally:
-        lalm.window_batching = batch_encoder_windows(_tower(lalm))
     torch.testing.assert_close(batched, stock, atol=1e-5, rtol=0)
 
 
 def _tower(lalm):
     return next(m for m in lalm.model.modules() if type(m).__name__.endswith("AudioEncoder"))
+
+
+@contextlib.contextmanager
+def _stock_encoder(lalm):
+    """The block runs the stock per-window attention; the batched one is put back after."""
+    lalm.window_batching.remove()
+    try:
+        yield
+    finally:
+        lalm.window_batching = batch_encoder_windows(_tower(lalm))
 
 
 def test_encoder_outputs_equal_window_by_window():
@@ -44,11 +53,8 @@ def test_encoder_outputs_equal_window_by_window():
     feats = batch["input_features"].permute(0, 2, 1)[mask.bool()].T  # [n_mels, sum F_b]
     with torch.inference_mode():
         batched = tower(feats, feature_lens=mask.sum(-1)).last_hidden_state
-        lalm.window_batching.remove()
-        try:
+        with _stock_encoder(lalm):
             stock = tower(feats, feature_lens=mask.sum(-1)).last_hidden_state
-        finally:
-            lalm.window_batching = batch_encoder_windows(tower)
     plan = lalm.window_batching.plan  # the groups of one forward: several lengths, full windows together
     assert batched.shape == stock.shape
     torch.testing.assert_close(batched, stock, atol=1e-5, rtol=0)
@@ -80,9 +86,6 @@ def test_gated_batch_equals_the_stock_encoder():
     outs = lalm.generate(audios, prompts, opts, max_new_tokens=1)
     assert outs[0].skipped_s == 4.0 and outs[1].skipped_s == 0.0  # the two empty windows were gated
     batched, _ = lalm.prefill_logits(audios, prompts, opts)
-    lalm.window_batching.remove()
-    try:
+    with _stock_encoder(lalm):
         stock, _ = lalm.prefill_logits(audios, prompts, opts)
-    finally:
-        lalm.window_batching = batch_encoder_windows(_tower(lalm))
     torch.testing.assert_close(batched, stock, atol=1e-5, rtol=0)
