@@ -228,3 +228,35 @@ def test_summary_rows_per_budget_with_the_measured_kept_fraction():
     )
     got = {(r["method"], r["budget"]): r["kept_fraction"] for r in table}
     assert got == {("vanilla", "fixed"): 1.0, ("headrouter", "fixed"): 0.4, ("headrouter", "adaptive"): 0.4}
+
+
+def test_budget_flag_reaches_the_run_and_tune_options():
+    from jobs.tune import parse_args
+    from pipeline.cli import parse_run_args
+    from pipeline.options import UsageError
+
+    run = parse_run_args(["--input", "in", "--output", "out", "--budget", "adaptive", "--retain", "0.4"])
+    assert run.opts.prune.budget == "adaptive" and run.opts.prune.max_kept_fraction == pytest.approx(0.8)
+    assert parse_run_args(["--input", "in", "--output", "out"]).opts.prune.budget == "fixed"
+    assert (
+        parse_args(["--input", "in", "--output", "out", "--budget", "adaptive"]).run.prune.budget
+        == "adaptive"
+    )
+    with pytest.raises(UsageError):
+        parse_run_args(["--input", "in", "--output", "out", "--budget", "greedy"])
+
+
+def test_report_shows_the_share_kept_per_task_and_the_budget():
+    from monitoring.report import summary
+
+    chunks = [
+        {"status": "ok", "task": "qa", "audio_tokens": 100, "kept_tokens": 70, "model": "m", "method": "headrouter",
+         "budget": "adaptive"},
+        {"status": "ok", "task": "qa", "audio_tokens": 300, "kept_tokens": 90, "model": "m", "method": "headrouter",
+         "budget": "adaptive"},
+        {"status": "ok", "task": "asr", "audio_tokens": 50, "kept_tokens": 20, "model": "m", "method": "headrouter"},
+    ]  # fmt: skip
+    rows = dict(summary(chunks, []))
+    assert rows["audio tokens kept per task"] == "asr 40.0 %, qa 40.0 %"
+    assert rows["audio tokens kept"] == "40.0 %"
+    assert "m/headrouter (adaptive budget)" in rows["models / methods"]
