@@ -16,7 +16,7 @@ import torch
 
 from headrouter.engine.loop import DecodeState, step_once
 
-__all__ = ["capture_step"]
+__all__ = ["capture", "capture_step"]
 
 log = logging.getLogger("headrouter")
 
@@ -26,15 +26,21 @@ def capture_step(state: DecodeState):
     the state is not on CUDA (or keeps per-step logits, which a graph cannot append to a list)."""
     if state.tokens.device.type != "cuda" or state.keep_logits:
         return None
+    return capture(lambda: step_once(state), state.tokens.device)
+
+
+def capture(step, device):
+    """`step` (a zero-argument, idempotent function over fixed buffers) captured as a CUDA graph on `device`:
+    its replay, or None if capture failed (logged; the caller runs `step` eagerly)."""
     try:
-        side = torch.cuda.Stream(device=state.tokens.device)
+        side = torch.cuda.Stream(device=device)
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            step_once(state)  # warm-up: the current step, computed for real
+            step()  # warm-up: the current step, computed for real
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            step_once(state)
+            step()
     except Exception as e:  # noqa: BLE001 - any capture failure falls back to the eager step
         log.warning("CUDA graph capture of the decode step failed, running it eagerly: %s", e)
         torch.cuda.synchronize()

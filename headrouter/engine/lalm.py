@@ -38,6 +38,7 @@ class GenerationOutput:
     silent: every encoder window was empty, so the model was not called (text "", no tokens).
     prepare_s: host-side preparation before the model runs (checks, features, tokens, the padded batch), shared
     within the batch like prefill_s; prefill_s + decode_s + prepare_s is the sample's share of the call.
+    queue_s: (`LALM.stream` only) seconds the request waited in the stream's queue before its prefill.
     """
 
     text: str
@@ -54,6 +55,7 @@ class GenerationOutput:
     skipped_s: float = 0.0
     silent: bool = False
     prepare_s: float = 0.0
+    queue_s: float = 0.0
 
 
 class LALM:
@@ -308,6 +310,19 @@ class LALM:
         from dataclasses import replace
 
         return [replace(out, prepare_s=prepare * n / sum(lengths)) for out, n in zip(outs, lengths)]
+
+    def stream(self, requests, options: PruneOptions | None = None, max_new_tokens: int = 64, *, slots: int = 8,
+               refill_fraction: float = 1 / 16, sample_rate: int | None = None, stats=None):  # fmt: skip
+        """Continuous batching: (key, GenerationOutput) for each `headrouter.engine.stream.Request` as soon as it
+        finishes, over `slots` decode slots refilled from the queue (or (key, exception) for a request that fails
+        on its own). Each request gets the tokens it gets alone from `generate`, with its own max/min new tokens
+        (at most `max_new_tokens`); queue_s is its wait. `stats` (a `StreamStats`) collects steps, slot occupancy
+        and refills. See `headrouter.engine.stream` for the refill rule and slot capacity."""
+        from headrouter.engine.stream import stream
+
+        options = options if options is not None else PruneOptions()
+        return stream(self, requests, options, slots=slots, max_new_tokens=max_new_tokens,
+                      refill_fraction=refill_fraction, sample_rate=sample_rate, stats=stats)  # fmt: skip
 
     def _gate(self, batch, audios, options):
         """headrouter.engine.gating.gate_batch for this model: (batch' or None, gates, live row indices)."""

@@ -17,7 +17,16 @@ import torch
 
 from headrouter.engine.static_cache import StaticKV
 
-__all__ = ["DecodeState", "EngineOptions", "LoopParts", "decode_step", "find_parts", "start"]
+__all__ = [
+    "DecodeState",
+    "EngineOptions",
+    "LoopParts",
+    "decode_step",
+    "find_parts",
+    "layer_pass",
+    "next_positions",
+    "start",
+]
 
 log = logging.getLogger("headrouter")
 
@@ -163,15 +172,7 @@ def start(
         else:
             mask = cols
         visible.append(mask[:, None, None, :])  # [B, 1, 1, S_g]
-    lead = tuple(positions.shape[:-2])
-    if lead == (4,):  # Qwen2.5-Omni in generate: row 0 text positions, rows 1-3 the mRoPE axes
-        text_pos = positions[0].amax(dim=-1) + 1  # [B]
-        rope_pos = positions[1:].amax(dim=(0, 2)) + 1
-    elif lead == ():
-        text_pos = rope_pos = positions.amax(dim=-1) + 1
-    else:
-        rope_pos = positions.amax(dim=(0, 2)) + 1
-        text_pos = rope_pos
+    lead, text_pos, rope_pos = next_positions(positions)
     seen = None
     if parts.repetition_penalty != 1.0:
         seen = torch.zeros(batch, first_logits.shape[-1], dtype=torch.bool, device=device)
@@ -202,23 +203,44 @@ def start(
     return state
 
 
+def next_positions(positions: torch.Tensor) -> tuple[tuple, torch.Tensor, torch.Tensor]:
+    """(position-id leading dims, the next token's text position [B], its RoPE position [B]) after a prefill
+    with these position ids ([B, T] or [3|4, B, T])."""
+    lead = tuple(positions.shape[:-2])
+    if lead == (4,):  # Qwen2.5-Omni in generate: row 0 text positions, rows 1-3 the mRoPE axes
+        text_pos = positions[0].amax(dim=-1) + 1  # [B]
+        rope_pos = positions[1:].amax(dim=(0, 2)) + 1
+    elif lead == ():
+        text_pos = rope_pos = positions.amax(dim=-1) + 1
+    else:
+        rope_pos = positions.amax(dim=(0, 2)) + 1
+        text_pos = rope_pos
+    return lead, text_pos, rope_pos
+
+
 def _compute(state: DecodeState) -> torch.Tensor:
     """One token through the stock layers for every row: logits [B, V] float32. Idempotent at a given step."""
     parts, kv = state.parts, state.kv
     for g, mask in enumerate(state.visible):  # the token being written sees itself
         mask.index_fill_(-1, kv.column[g], 0.0 if parts.additive_mask else True)
-    hidden = parts.embed(state.tokens[:, None])  # [B, 1, D]
-    text_pos = state.text_pos[:, None]  # [B, 1]
-    rope_pos = (
-        text_pos if state.pos_layout == () else state.rope_pos[None, :, None].expand(3, -1, 1)
-    )  # [3, B, 1]
-    cos_sin = parts.rotary(hidden, rope_pos)  # ([B, 1, d], [B, 1, d])
+    return layer_pass(
+        parts, kv, state.visible, state.tokens, state.text_pos, state.rope_pos, state.pos_layout
+    )
+
+
+def layer_pass(parts: LoopParts, kv, visible, tokens, text_pos, rope_pos, pos_layout) -> torch.Tensor:
+    """tokens [B] through the stock layers (key/value written by `kv.update`, keys masked by visible[g]
+    [B, 1, 1, S_g] per layer group), at text/RoPE positions [B] -> logits [B, V] float32."""
+    hidden = parts.embed(tokens[:, None])  # [B, 1, D]
+    text = text_pos[:, None]  # [B, 1]
+    rope = text if pos_layout == () else rope_pos[None, :, None].expand(3, -1, 1)  # [3, B, 1]
+    cos_sin = parts.rotary(hidden, rope)  # ([B, 1, d], [B, 1, d])
     for i, layer in enumerate(parts.layers):
         hidden = layer(
             hidden,
-            attention_mask=state.visible[kv.group[i]],
+            attention_mask=visible[kv.group[i]],
             position_embeddings=cos_sin,
-            position_ids=text_pos,
+            position_ids=text,
             cache=kv,
             use_cache=True,
         )
