@@ -183,6 +183,15 @@ class ChunkMetrics:
         self._touch(labels)
         self._sink.inc(m.BATCH_SPLITS, 1, labels)
 
+    def observe_slots(self, labels: dict, busy: int, slot_steps: int, refills: int) -> None:
+        """One continuous-batching stream of this actor: slot-steps that chose a token (`busy`), slot-steps in
+        all, refills (labels: model, method, task; the actor is this process)."""
+        labels = {"model": m.model_label(labels.get("model")), "method": str(labels.get("method") or "unknown"),
+                  "task": str(labels.get("task") or "unknown"), "actor": _actor()}  # fmt: skip
+        self._sink.inc(m.SLOT_BUSY_STEPS, busy, labels)
+        self._sink.inc(m.SLOT_STEPS, slot_steps, labels)
+        self._sink.inc(m.SLOT_REFILLS, refills, labels)
+
     def _touch_retain(self, labels: dict) -> None:
         key = (labels["model"], labels["method"], labels["task"], labels["retain"])
         if key not in self._touched:
@@ -207,3 +216,16 @@ class ChunkMetrics:
             self._sink.touch(spec, labels)
         for status in m.STATUSES:
             self._sink.touch(m.CHUNKS, {**labels, "status": status})
+
+
+def _actor() -> str:
+    """This process as an actor label: the Ray actor id's first 12 hex digits, else "local-<pid>"."""
+    import os
+
+    if in_ray_worker():
+        import ray
+
+        actor = ray.get_runtime_context().get_actor_id()
+        if actor:
+            return actor[:12]
+    return f"local-{os.getpid()}"

@@ -110,6 +110,25 @@ BATCH_SPLITS = MetricSpec(
     "counter",
     "Batches split in two after running out of accelerator memory.",
 )
+# continuous batching (--slots): occupancy = rate(busy) / rate(slot steps), per actor
+SLOT_STEPS = MetricSpec(
+    "headrouter_slot_steps_total",
+    "counter",
+    "Decode slots summed over decode steps (continuous batching), per actor.",
+    (*BASE_LABELS, "actor"),
+)
+SLOT_BUSY_STEPS = MetricSpec(
+    "headrouter_slot_busy_steps_total",
+    "counter",
+    "Decode slots that chose a chunk's token, summed over decode steps (continuous batching), per actor.",
+    (*BASE_LABELS, "actor"),
+)
+SLOT_REFILLS = MetricSpec(
+    "headrouter_slot_refills_total",
+    "counter",
+    "Prefills into free decode slots (continuous batching), per actor.",
+    (*BASE_LABELS, "actor"),
+)
 SHADOW_CHUNKS = MetricSpec(
     "headrouter_shadow_chunks_total",
     "counter",
@@ -140,6 +159,9 @@ CHUNK_METRICS = (
     ROUTING,
     ERRORS,
     BATCH_SPLITS,
+    SLOT_STEPS,
+    SLOT_BUSY_STEPS,
+    SLOT_REFILLS,
     SHADOW_CHUNKS,
     SHADOW_AGREEMENT,
 )

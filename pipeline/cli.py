@@ -88,6 +88,13 @@ def parse_run_args(argv: list[str] | None = None, prog: str = "python -m jobs.ru
         action="store_false",
         help="run the decode step eagerly on CUDA (for debugging; same tokens)",
     )
+    p.add_argument(
+        "--slots",
+        type=int,
+        default=RunOptions.slots,
+        help="continuous batching over this many decode slots per actor: a finished chunk hands its slot to "
+        "the next (0: static generate calls; actor batches become at least 4 x slots chunks)",
+    )
     p.add_argument("--max-error-fraction", type=float, default=0.1)
     p.add_argument(
         "--retry-errors", action="store_true", help="reprocess sources that failed in earlier runs"
@@ -129,6 +136,7 @@ def parse_run_args(argv: list[str] | None = None, prog: str = "python -m jobs.ru
         max_batch_tokens=a.max_batch_tokens,
         shadow_fraction=a.shadow_fraction,
         cuda_graphs=a.cuda_graphs,
+        slots=a.slots,
         max_new_tokens=a.max_new_tokens,
         max_error_fraction=a.max_error_fraction,
         retry_errors=a.retry_errors,

@@ -117,7 +117,8 @@ def build_dataset(items: list[dict], opts: RunOptions, window_s: float):
         InferenceWorker,
         fn_constructor_kwargs={"opts": worker_options(opts), "schema": CHUNK_SCHEMA},
         compute=ray.data.ActorPoolStrategy(min_size=lo, max_size=hi),
-        batch_size=opts.batch_size,
+        # continuous batching: the Ray batch is the actor's queue, several slot-fulls so slots rarely idle
+        batch_size=max(opts.batch_size, 4 * opts.slots),
         batch_format="pyarrow",
         num_cpus=opts.cpus_per_worker,
         num_gpus=opts.gpus_per_worker or None,
@@ -140,4 +141,5 @@ def worker_options(opts: RunOptions):
         max_batch_tokens=opts.max_batch_tokens,
         shadow_fraction=opts.shadow_fraction,
         cuda_graphs=opts.cuda_graphs,
+        slots=opts.slots,
     )

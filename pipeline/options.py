@@ -38,6 +38,7 @@ class RunOptions:
     max_batch_tokens: int | None = None  # most KV tokens in one generate call (LALM.kv_tokens)
     shadow_fraction: float = 0.0  # share of chunks also run unpruned to measure agreement (workers.shadow)
     cuda_graphs: bool = WorkerOptions.cuda_graphs  # capture the decode step on CUDA (--no-cuda-graphs: eager)
+    slots: int = WorkerOptions.slots  # continuous batching over this many decode slots (0: static calls)
     max_new_tokens: int = WorkerOptions.max_new_tokens
     max_error_fraction: float = 0.1
     retry_errors: bool = False
@@ -77,6 +78,8 @@ class RunOptions:
             raise UsageError("--gpus-per-worker and --cpus-per-worker must be >= 0")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.slots < 0:
+            raise UsageError(f"--slots must be >= 0, got {self.slots}")
         if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
             raise UsageError(f"--max-batch-tokens must be >= 1, got {self.max_batch_tokens}")
         if not 0.0 <= self.shadow_fraction <= 1.0:

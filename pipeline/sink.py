@@ -55,6 +55,7 @@ _TYPES = {
     "prefill_s": pa.float64(),
     "decode_s": pa.float64(),
     "prepare_s": pa.float64(),  # host-side preparation (checks, features, the padded batch), the chunk's share
+    "queue_s": pa.float64(),  # continuous batching (--slots): seconds in the actor's queue before the prefill
     "kv_bytes_full": pa.int64(),
     "kv_bytes_kept": pa.int64(),
     "skipped_s": pa.float64(),
@@ -78,7 +79,7 @@ def _schema(*names: str) -> pa.Schema:
 # one row per chunk: the model's answer for one window of audio
 CHUNK_SCHEMA = _schema(
     *_IDENTITY, "chunk_index", "start_s", "end_s", "status", "error", "task", "question", "text", *_PRUNING,
-    "spread", "prefill_s", "decode_s", "prepare_s", "kv_bytes_full", "kv_bytes_kept", "skipped_s", "silent", "shadow_text", "shadow_agreement", "shadow_s", "last", "node_id",
+    "spread", "prefill_s", "decode_s", "prepare_s", "queue_s", "kv_bytes_full", "kv_bytes_kept", "skipped_s", "silent", "shadow_text", "shadow_agreement", "shadow_s", "last", "node_id",
 )  # fmt: skip
 # one row per source file: its chunks' text joined, totals and means over its chunks
 FILE_SCHEMA = _schema(

@@ -70,6 +70,10 @@ def _finite(result) -> bool:
     return any(math.isfinite(float(s["value"][1])) for s in result)
 
 
+SLOT_LABELS = {"model": "tiny-random", "method": "headrouter", "task": "asr"}
+SLOT_STREAM = (30, 40, 3)  # slot-steps that chose a token, slot-steps, refills
+
+
 @pytest.fixture(scope="module")
 def recorded(prometheus_stack):
     """A small batch recorded in-process and served on the scraped port, plus a pushed nightly run."""
@@ -86,12 +90,14 @@ def recorded(prometheus_stack):
         for row in phase1:
             chunks.observe(row)
             run.observe(row)
+        chunks.observe_slots(SLOT_LABELS, *SLOT_STREAM)  # one continuous-batching stream per phase
         # Let Prometheus see the first values, so rates over the run are not zero.
         p.wait_for('sum(headrouter_chunks_total{job="headrouter"}) == 5', predicate=bool)
         time.sleep(1.5)
         for row in phase2:
             chunks.observe(row)
             run.observe(row)
+        chunks.observe_slots(SLOT_LABELS, *SLOT_STREAM)
         assert run.finish(True)
         p.wait_for('sum(headrouter_chunks_total{job="headrouter"}) == 10')
         p.wait_for(f'headrouter_run_in_progress{{job="{NIGHTLY}"}} == 0')
@@ -234,7 +240,8 @@ def test_ray_actor_metrics_reach_prometheus_through_the_export_port(prometheus_s
         p.wait_for('sum(headrouter_chunks_total{job="ray"}) == 4', timeout=90)
         p.wait_for('sum(headrouter_audio_seconds_total{job="ray"}) == 12', timeout=30)
         for spec in m.CHUNK_METRICS:
-            if spec in (m.PEAK_MEMORY, m.BATCH_SPLITS):  # no accelerator; no out-of-memory split happened
+            if spec in (m.PEAK_MEMORY, m.BATCH_SPLITS, m.SLOT_STEPS, m.SLOT_BUSY_STEPS, m.SLOT_REFILLS):
+                # no accelerator; no out-of-memory split happened; no continuous batching (static rows only)
                 continue
             name = spec.name + ("_count" if spec.kind == "histogram" else "")
             assert p.query(f'{name}{{job="ray"}}'), f"no Ray samples for {name}"
@@ -317,3 +324,18 @@ def test_call_time_shares_panel_adds_up_to_one(prometheus_stack, recorded):
     ok = [r for r in recorded if r["status"] == "ok"]
     (prepare,) = p.query('sum(headrouter_prepare_seconds_sum{job="headrouter"})')
     assert float(prepare["value"][1]) == pytest.approx(sum(r["prepare_s"] for r in ok))
+
+
+def test_slot_occupancy_panel_is_busy_over_slot_steps_per_actor(prometheus_stack, recorded):
+    p = prometheus_stack
+    panel = next(
+        x for x in json.loads(DASHBOARD.read_text())["panels"] if x["title"].startswith("Decode slot")
+    )
+    occupancy, refills = panel["targets"]
+    (sample,) = p.wait_for(occupancy["expr"], timeout=30, predicate=_finite)
+    busy, slot_steps, per_stream = SLOT_STREAM
+    assert float(sample["value"][1]) == pytest.approx(busy / slot_steps)
+    assert sample["metric"]["actor"] == f"local-{os.getpid()}"  # this process recorded them
+    (total,) = p.query('sum(headrouter_slot_refills_total{job="headrouter"})')
+    assert float(total["value"][1]) == 2 * per_stream
+    assert p.wait_for(refills["expr"], timeout=30, predicate=_finite)

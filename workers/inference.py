@@ -35,6 +35,9 @@ class _NoMetrics:
     def observe_split(self, labels: dict) -> None:
         pass
 
+    def observe_slots(self, labels: dict, busy: int, slot_steps: int, refills: int) -> None:
+        pass
+
 
 def chunk_metrics():
     """The per-chunk metrics recorder of monitoring/, or a no-op when monitoring is unavailable."""
@@ -110,6 +113,12 @@ class InferenceWorker:
             prompts = [
                 task_prompt(rows[i]["task"], rows[i].get("question"), _choices(rows[i]), asr) for i in todo
             ]
+            if self.opts.slots > 0:
+                results = self._stream([rows[i] for i in todo], prompts, prune)
+                for i, result in zip(todo, results):
+                    out[i] = result
+                self._shadow([rows[i] for i in todo], prompts, results, prune)
+                return out
             for group in self._plan([rows[i] for i in todo], prompts, prune, self.opts.batch_size):
                 picked = [todo[j] for j in group]
                 results = self._generate([rows[i] for i in picked], [prompts[j] for j in group], prune)
@@ -205,6 +214,41 @@ class InferenceWorker:
             kind = "invalid_audio" if isinstance(e, AudioInputError) else "inference_error"
             return [self._finish(rows[0], prune, error=f"{kind}: {e}")]
         return [self._finish(r, prune, gen=g) for r, g in zip(rows, outs)]
+
+    def _stream(self, rows: list[dict], prompts: list[str], prune: PruneOptions) -> list[dict]:
+        """Continuous batching over `opts.slots` slots (`LALM.stream`): one result row per chunk, in order. A chunk
+        that fails on its own becomes its error row; if the stream itself fails, the chunks it has not finished
+        go through the static calls (which split on out of memory), so none is lost or written twice."""
+        from headrouter.engine.stream import Request, StreamStats
+
+        audios = [np.frombuffer(r["audio"], dtype="<f4") for r in rows]  # each [n] float32, 16 kHz
+        requests = [Request(i, a, p) for i, (a, p) in enumerate(zip(audios, prompts))]
+        out: list[dict | None] = [None] * len(rows)
+        stats = StreamStats()
+        try:
+            for i, gen in self.lalm.stream(requests, prune, self.opts.max_new_tokens, slots=self.opts.slots,
+                                           stats=stats):  # fmt: skip
+                if isinstance(gen, Exception):
+                    kind = "invalid_audio" if isinstance(gen, AudioInputError) else "inference_error"
+                    kind = "out_of_memory" if _out_of_memory(gen) else kind
+                    out[i] = self._finish(rows[i], prune, error=f"{kind}: {gen}")
+                else:
+                    out[i] = self._finish(rows[i], prune, gen=gen)
+                    out[i]["queue_s"] = float(gen.queue_s)
+        except Exception:
+            log.exception("continuous batching failed: the unfinished chunks go through static calls")
+            _free_accelerator_memory()
+            left = [i for i, r in enumerate(out) if r is None]
+            for i, result in zip(
+                left, self._generate([rows[i] for i in left], [prompts[i] for i in left], prune)
+            ):
+                out[i] = result
+        labels = {"model": self.model_id, "method": prune.method, "task": str(rows[0].get("task"))}
+        try:
+            self._metrics.observe_slots(labels, stats.row_steps, stats.slot_steps, stats.refills)
+        except Exception:
+            log.debug("metrics observe_slots failed", exc_info=True)
+        return out
 
     def _split(
         self, rows: list[dict], prompts: list[str], prune: PruneOptions, error: Exception

@@ -20,6 +20,9 @@ class WorkerOptions:
     shadow_fraction: share of chunks also run unpruned (method vanilla) to measure agreement (workers.shadow).
     cuda_graphs: on CUDA, capture each call's decode step as a graph and replay it (False: eager, for debugging;
     the same tokens either way; `headrouter.engine.loop.EngineOptions`).
+    slots: 0: static calls (planned by `plan_batches`); N > 0: continuous batching over N decode slots
+    (`LALM.stream`): the actor's Ray batch is its queue, so a finished chunk hands its slot to the next one of
+    the batch (the pipeline takes Ray batches of at least 4 x slots chunks).
     """
 
     model: str = "tiny-random"
@@ -32,3 +35,4 @@ class WorkerOptions:
     max_batch_tokens: int | None = None
     shadow_fraction: float = 0.0
     cuda_graphs: bool = True
+    slots: int = 0
