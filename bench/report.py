@@ -19,9 +19,10 @@ def _target(name: str, measured: str, met: bool | None, note: str = "") -> dict:
 def targets(res: dict) -> list[dict]:
     """One entry per performance target: what was measured and whether it is met (None: not measured)."""
     from bench.batch import batch_targets
+    from bench.continuous import continuous_targets
     from bench.loop import loop_targets
 
-    out = batch_targets(res) + loop_targets(res)
+    out = batch_targets(res) + loop_targets(res) + continuous_targets(res)
     pre = res.get("prefill") or []
     n = _longest(pre)
     eff = [
@@ -355,7 +356,9 @@ def render_markdown(res: dict) -> str:
     from bench.batch import render_batch
 
     parts.append(render_batch(res))
+    from bench.continuous import render_continuous
     from bench.loop import render_loop
 
     parts.append(render_loop(res))
+    parts.append(render_continuous(res))
     return "".join(parts)

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from bench.batch import run_batch
-from bench.loop import run_loop
+from bench.continuous import run_continuous
 from bench.flops import (
     AUDIO_ENCODER_OMNI,
     OMNI_3B_TEXT,
@@ -29,6 +29,7 @@ from bench.flops import (
     probe_flops,
     speedup_bound,
 )
+from bench.loop import run_loop
 
 log = logging.getLogger("bench")
 
@@ -363,6 +364,7 @@ SUBCOMMANDS: dict[str, tuple[Callable[[Run], None], ...]] = {
     "pipeline": (run_pipeline,),
     "batch": (run_batch,),
     "loop": (run_loop,),
+    "continuous": (run_continuous,),
     "all": (run_prefill, run_memory, run_pipeline, run_batch, run_loop),
 }
 

@@ -1,4 +1,4 @@
-"""Performance benchmark: `python -m jobs.bench [prefill|routing|memory|pipeline|gating|batch|loop|all] [--quick] [--full-size] --out DIR`.
+"""Performance benchmark: `python -m jobs.bench [prefill|routing|memory|pipeline|gating|batch|loop|continuous|all] [--quick] [--full-size] --out DIR`.
 
 prefill  every method at retain 0.7/0.4/0.1 on 1500 and 7500 audio tokens (1 and 5 minutes), interleaved rounds,
          medians; measured speed-up over vanilla next to the FLOP bound (bench.flops) and their ratio.
@@ -10,6 +10,8 @@ pipeline Ray Data end to end vs the model alone on the same chunks (1 and 2 acto
          real-time factor per core, decode-and-chunk peak memory for 5-, 30- and 120-minute inputs.
 loop     the engine's own decode loop vs transformers' generate (CPU per step, eager and compiled, batch 1 and 4,
          a 36-layer hidden-64 model) and the audio encoder with one attention call per window length (bench/loop.py).
+continuous  continuous vs static batching at the same slot count, forced output lengths 20-1,000 tokens,
+         vanilla and HeadRouter 0.4: audio-s per s and slot occupancy (bench/continuous.py).
 gating   window gating (skip_silence=energy): prefill with the audio encoder on 300-s chunks with 0/30/60% empty
          2-s windows, gated vs not, as speed-ups beside the FLOP ratios (encoder included; bench/gating.py).
 Writes DIR/bench.json and DIR/bench.md (bench.suite). No timing is asserted anywhere; targets are reported,
