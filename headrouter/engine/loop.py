@@ -138,6 +138,10 @@ class DecodeState:
     host_step: int = 0
     logits: list = field(default_factory=list)  # [B, V] raw logits per step (return_logits only)
     keep_logits: bool = False
+    # eager runs attend over the columns written so far, and without a mask in a group with no padding (what
+    # stock generate does); graph capture and torch.compile keep the whole buffers and masks (fixed shapes)
+    eager_views: bool = False
+    padded: tuple = (True, True)  # per group: some row has hidden prefill columns (left padding)
 
 
 def start(
@@ -196,6 +200,7 @@ def start(
         seen=seen,
         keep_logits=keep_logits,
     )
+    state.padded = tuple(not bool(v.all()) for v in row_valid) * (3 - len(row_valid))  # one group: both alike
     if keep_logits:
         state.logits.append(first_logits.float().clone())
     _choose(state, first_logits.float())
@@ -223,9 +228,12 @@ def _compute(state: DecodeState) -> torch.Tensor:
     parts, kv = state.parts, state.kv
     for g, mask in enumerate(state.visible):  # the token being written sees itself
         mask.index_fill_(-1, kv.column[g], 0.0 if parts.additive_mask else True)
-    return layer_pass(
-        parts, kv, state.visible, state.tokens, state.text_pos, state.rope_pos, state.pos_layout
-    )
+    masks = state.visible
+    kv.view = None
+    if state.eager_views:  # this step writes column prefill_len + host_step - 1: attend up to it
+        kv.view = [n + state.host_step for n in kv.prefill_len]
+        masks = [m[..., : kv.view[g]] if state.padded[g] else None for g, m in enumerate(state.visible)]
+    return layer_pass(parts, kv, masks, state.tokens, state.text_pos, state.rope_pos, state.pos_layout)
 
 
 def layer_pass(parts: LoopParts, kv, visible, tokens, text_pos, rope_pos, pos_layout) -> torch.Tensor:

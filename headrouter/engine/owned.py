@@ -109,6 +109,8 @@ def run_owned(lalm, parts: LoopParts, engine: EngineOptions, batch: dict, handle
                       min_new_tokens=min_new_tokens, eos_ids=lalm.eos_token_ids, pad_id=lalm.pad_token_id,
                       keep_logits=return_logits)  # fmt: skip
         runner = None
+        # eager steps attend over the written columns only; a captured or compiled step keeps fixed shapes
+        state.eager_views = not engine.compile and not (engine.cuda_graphs and kv.keys[0].is_cuda)
         if engine.compile:
             runner = _compiled(state)
         done_check = 0

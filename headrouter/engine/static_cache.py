@@ -29,6 +29,7 @@ class StaticKV:
         self.column = [
             torch.tensor([n], dtype=torch.long, device=device) for n in self.prefill_len
         ]  # [1] each
+        self.view: list[int] | None = None  # eager steps: columns per group `update` returns (None: all)
 
     @classmethod
     def from_prefill(cls, cache, group: list[int], max_new_tokens: int) -> StaticKV:
@@ -55,9 +56,11 @@ class StaticKV:
 
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
         """Write one step's key/value [B, Hkv, 1, d] at the group's column; return the whole buffers."""
-        col = self.column[self.group[layer_idx]]
-        self.keys[layer_idx].index_copy_(2, col, key_states)
-        self.values[layer_idx].index_copy_(2, col, value_states)
+        g = self.group[layer_idx]
+        self.keys[layer_idx].index_copy_(2, self.column[g], key_states)
+        self.values[layer_idx].index_copy_(2, self.column[g], value_states)
+        if self.view is not None:  # [B, Hkv, view, d]: the columns written so far
+            return self.keys[layer_idx][:, :, : self.view[g]], self.values[layer_idx][:, :, : self.view[g]]
         return self.keys[layer_idx], self.values[layer_idx]
 
     def advance(self) -> None:
