@@ -253,3 +253,14 @@ def test_worker_with_slots_writes_every_chunk_once_as_static_calls_do(monkeypatc
             assert all(r["queue_s"] is not None and r["queue_s"] >= 0 for r in done)
     busy, slot_steps, refills = observed[0]
     assert 0 < busy <= slot_steps and refills >= 2
+
+
+def test_bench_lengths_follow_the_issue_distribution():
+    from bench.continuous import forced_lengths
+
+    lengths = forced_lengths(2000, seed=0)
+    assert lengths == forced_lengths(2000, seed=0) != forced_lengths(2000, seed=1)
+    shares = [
+        sum(lo <= n <= hi for n in lengths) / len(lengths) for lo, hi in ((20, 60), (300, 600), (800, 1000))
+    ]
+    assert sum(shares) == 1.0 and shares == pytest.approx([0.3, 0.5, 0.2], abs=0.03)
