@@ -264,3 +264,20 @@ def test_bench_lengths_follow_the_issue_distribution():
         sum(lo <= n <= hi for n in lengths) / len(lengths) for lo, hi in ((20, 60), (300, 600), (800, 1000))
     ]
     assert sum(shares) == 1.0 and shares == pytest.approx([0.3, 0.5, 0.2], abs=0.03)
+
+
+def test_stream_with_window_gating_equals_alone():
+    """skip_silence='energy': empty windows removed before the encoder as in generate; a silent clip comes back
+    at once (silent, no tokens), the others with the tokens and skipped seconds they get alone."""
+    lalm = tiny()
+    opts = PruneOptions(method="headrouter", retain=0.4, layer=2, skip_silence="energy")
+    half_silent = clip(4.5, seed=1)
+    half_silent[: 2 * 16000] = 0.0  # the first 2-s window empty
+    audios = [half_silent, np.zeros(3 * 16000, dtype=np.float32), clip(1.5, seed=2), clip(2.5, seed=3)]
+    requests = [Request(i, a, PROMPTS[i % 4], NEW[i + 1]) for i, a in enumerate(audios)]
+    with _eos(lalm, None):
+        alone = _alone(lalm, opts, requests)
+        got, _ = _streamed(lalm, opts, requests, slots=2)
+    _same(got, alone, "gated")
+    assert got[1].silent and got[1].token_ids == [] and got[1].skipped_s == alone[1].skipped_s > 0
+    assert got[0].skipped_s == alone[0].skipped_s > 0 and got[0].kv_bytes_full == alone[0].kv_bytes_full
