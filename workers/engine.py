@@ -41,6 +41,11 @@ class Engine(Protocol):
         """One result per clip; raises `headrouter.engine.AudioInputError` for a bad clip."""
         ...
 
+    def stream(self, requests, options: PruneOptions, max_new_tokens: int, *, slots: int, stats=None):
+        """Continuous batching (`--slots`): (key, Generation or exception) per `headrouter.engine.stream.Request`
+        as each finishes; `stats` (a `StreamStats`) collects slot-steps and refills."""
+        ...
+
     def token_counts(self, num_samples: int, prompt: str) -> tuple[int, int]:
         """(input tokens, audio tokens) of one clip with its prompt."""
         ...
