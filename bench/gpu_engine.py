@@ -37,8 +37,9 @@ def _key(method: str, retain: float) -> str:
     return "vanilla" if method == "vanilla" else f"{method}-{retain:g}"
 
 
-def build(quick: bool, device: str):
-    """The LALM of the benchmark: the 3B text shape and the real encoder size (toy sizes with quick)."""
+def build(quick: bool, device: str, audio_layers: int = 2, audio_d_model: int = 64):
+    """The LALM of the benchmark: the 3B text shape and the real encoder size (toy sizes with quick, whose
+    encoder has `audio_layers` x `audio_d_model`)."""
     import torch
     from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
@@ -50,7 +51,7 @@ def build(quick: bool, device: str):
     tok = build_word_tokenizer()
     if quick:
         size = dict(hidden_size=64, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=128)
-        audio = dict(audio_d_model=64, audio_layers=2, audio_heads=4)
+        audio = dict(audio_d_model=audio_d_model, audio_layers=audio_layers, audio_heads=4)
         vocab = len(tok)
     else:
         size = dict(hidden_size=2048, num_layers=36, num_heads=16, num_kv_heads=2, intermediate_size=11008)

@@ -45,8 +45,9 @@ class WindowBatching:
             m.forward = f
         self.modules = []
 
-    def plan(self, cu_seqlens: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
-        """[(window length L, row index [n_w, L])] grouping the windows of equal length; computed once per
+    def plan(self, cu_seqlens: torch.Tensor) -> list[tuple[int, torch.Tensor | slice]]:
+        """[(window length L, rows)] grouping the windows of equal length: rows is a slice when the windows lie
+        back to back (one clip's full windows: a view, no copy), else a row index [n_w, L]; computed once per
         encoder forward (every layer gets the same cu_seqlens tensor), so one host sync per forward."""
         if self._plan_key is not cu_seqlens:
             bounds = cu_seqlens.tolist()
@@ -57,6 +58,9 @@ class WindowBatching:
             device = cu_seqlens.device
             plan = []
             for length, starts in sorted(by_length.items(), reverse=True):
+                if starts == list(range(starts[0], starts[0] + length * len(starts), length)):
+                    plan.append((length, slice(starts[0], starts[0] + length * len(starts))))
+                    continue
                 first = torch.tensor(starts, dtype=torch.long, device=device)  # [n_w]
                 plan.append((length, first[:, None] + torch.arange(length, device=device)[None]))  # [n_w, L]
             self._plan_key, self._plan = cu_seqlens, plan
@@ -81,11 +85,12 @@ def _make_forward(handle: WindowBatching, stock_forward):
             attention = eager_attention_forward
         out = torch.empty_like(q)  # [N, H, d]
         for length, rows in handle.plan(cu_seqlens):
-            # [n_w, L, H, d] -> [n_w, H, L, d]: the windows of this length as one batch
-            qw, kw, vw = (x[rows].transpose(1, 2) for x in (q, k, v))
+            n_w = (rows.stop - rows.start) // length if isinstance(rows, slice) else rows.shape[0]
+            # [n_w, L, H, d] -> [n_w, H, L, d]: the windows of this length as one batch (a view for a slice)
+            qw, kw, vw = (x[rows].reshape(n_w, length, self.num_heads, -1).transpose(1, 2) for x in (q, k, v))
             o, _ = attention(self, qw, kw, vw, attention_mask=None, scaling=self.scaling, dropout=0.0,
                              is_causal=False, **kwargs)  # fmt: skip
-            out[rows] = o.reshape(rows.shape[0], length, self.num_heads, -1)  # [n_w, L, H, d]
+            out[rows] = o.reshape(out[rows].shape)  # [n_w * L or n_w, L, H, d]
         return self.out_proj(out.reshape(n, -1))  # [N, D]
 
     return forward
