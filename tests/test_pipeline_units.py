@@ -357,6 +357,16 @@ class FakeLALM:
     def kv_tokens(self, counts, options, max_new_tokens):
         return len(counts) * (max(t for t, _ in counts) + max_new_tokens)
 
+    def stream(self, requests, options, max_new_tokens, *, slots, stats=None):
+        """One request at a time through `generate`: (key, result or the exception it raised)."""
+        for r in requests:
+            try:
+                (gen,) = self.generate([r.audio], [r.prompt], options, max_new_tokens)
+            except ValueError as e:
+                yield r.key, e
+            else:
+                yield r.key, gen
+
 
 def test_the_fake_and_the_engine_implement_the_interface_the_worker_types():
     from headrouter import load_lalm
