@@ -82,7 +82,9 @@ class LoopParts:
     rotary: torch.nn.Module
     additive_mask: bool  # eager attention takes an additive float mask, SDPA a bool one
     repetition_penalty: float
-    suppress_tokens: tuple[int, ...]  # never chosen (SuppressTokensLogitsProcessor)
+    suppress_tokens: (
+        torch.Tensor
+    )  # [n] long on the model's device: never chosen (SuppressTokensLogitsProcessor)
 
 
 def find_parts(model, layers, final_norm) -> tuple[LoopParts | None, str | None]:
@@ -107,7 +109,9 @@ def find_parts(model, layers, final_norm) -> tuple[LoopParts | None, str | None]
     if head is None:
         return None, "the model has no output embeddings"
     penalty = float(getattr(gen, "repetition_penalty", None) or 1.0)
-    suppress = tuple(int(t) for t in (getattr(gen, "suppress_tokens", None) or ()))
+    # a device tensor: indexing with a host list inside a captured CUDA graph would copy from the host
+    suppress = torch.tensor([int(t) for t in (getattr(gen, "suppress_tokens", None) or ())], dtype=torch.long)
+    suppress = suppress.to(head.weight.device)
     parts = LoopParts(
         text.embed_tokens, layers, final_norm, head, text.rotary_emb, impl == "eager", penalty, suppress
     )
@@ -263,8 +267,8 @@ def _choose(state: DecodeState, logits: torch.Tensor) -> None:
     if state.min_new_tokens > 0:  # MinNewTokensLengthLogitsProcessor: no end-of-sequence before the minimum
         early = state.step < state.min_new_tokens  # [1]
         logits[:, state.eos] = torch.where(early, float("-inf"), logits[:, state.eos])
-    if state.parts.suppress_tokens:  # SuppressTokensLogitsProcessor
-        logits[:, list(state.parts.suppress_tokens)] = float("-inf")
+    if state.parts.suppress_tokens.numel():  # SuppressTokensLogitsProcessor
+        logits.index_fill_(1, state.parts.suppress_tokens, float("-inf"))
     if state.seen is not None:  # RepetitionPenaltyLogitsProcessor
         p = state.parts.repetition_penalty
         logits = torch.where(state.seen, torch.where(logits < 0, logits * p, logits / p), logits)

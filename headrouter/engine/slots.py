@@ -185,8 +185,8 @@ def pick(state: SlotState, logits, step, min_new, done, seen) -> torch.Tensor:
     (MinNewTokens per row, SuppressTokens, RepetitionPenalty); finished rows get the pad id."""
     early = (step < min_new)[:, None]  # [R, 1] no end-of-sequence before the row's minimum
     logits[:, state.eos] = torch.where(early, float("-inf"), logits[:, state.eos])
-    if state.parts.suppress_tokens:
-        logits[:, list(state.parts.suppress_tokens)] = float("-inf")
+    if state.parts.suppress_tokens.numel():  # [n] on the device (no host copy inside a captured graph)
+        logits.index_fill_(1, state.parts.suppress_tokens, float("-inf"))
     if seen is not None:
         p = state.parts.repetition_penalty
         logits = torch.where(seen, torch.where(logits < 0, logits * p, logits / p), logits)
