@@ -162,7 +162,7 @@ def prune_options(a: argparse.Namespace) -> PruneOptions:
             raise UsageError("give --retain or --retain-from, not both")
         from pipeline.tune import recommended_retain
 
-        retain = recommended_retain(a.retain_from, a.model, a.method)
+        retain = recommended_retain(a.retain_from, a.model, a.method, a.budget)
     if a.method not in METHODS:
         raise UsageError(f"--method must be one of {', '.join(METHODS)}, got {a.method!r}")
     if not 0.0 < retain <= 1.0:

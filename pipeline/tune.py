@@ -377,8 +377,9 @@ def format_table(result: TuneResult) -> str:
     return "\n".join(lines)
 
 
-def recommended_retain(path: str, model: str, method: str) -> float:
-    """The retain of a jobs.tune recommendation.json, checked against the run's model and method (UsageError)."""
+def recommended_retain(path: str, model: str, method: str, budget: str = "fixed") -> float:
+    """The retain of a jobs.tune recommendation.json, checked against the run's model, method and budget rule
+    (UsageError; a file from before budgets names none and counts as fixed)."""
     try:
         with open(path, encoding="utf-8") as f:
             rec = json.load(f)
@@ -391,8 +392,8 @@ def recommended_retain(path: str, model: str, method: str) -> float:
         raise UsageError(
             f"--retain-from {path}: no retain in (0, 1] (is it jobs.tune's recommendation.json?)"
         )
-    for key, want in (("model", model), ("method", method)):
-        got = rec.get(key)
+    for key, want in (("model", model), ("method", method), ("budget", budget)):
+        got = rec.get(key, "fixed" if key == "budget" else None)
         if got is not None and str(got).rstrip("/") != str(want).rstrip("/"):
             raise UsageError(
                 f"--retain-from {path} was tuned for {key} {got!r}, not --{key} {want!r}: "

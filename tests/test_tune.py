@@ -195,6 +195,14 @@ def test_retain_from_reads_the_recommendation_and_checks_it(tmp_path):
             [*args, "--method", "fastv", "--retain-from", _write(tmp_path, {"retain": 0.3, "method": "headrouter"})],
             "tuned for method 'headrouter', not --method 'fastv'",
         ),
+        (  # a retain measured under one budget rule means another share of tokens under the other
+            [*args, "--budget", "adaptive", "--retain-from", good],
+            "tuned for budget 'fixed', not --budget 'adaptive'",
+        ),
+        (
+            [*args, "--retain-from", _write(tmp_path, {"retain": 0.3, "budget": "adaptive"})],
+            "tuned for budget 'adaptive', not --budget 'fixed'",
+        ),
     ]  # fmt: skip
     for argv, message in cases:
         with pytest.raises(UsageError, match=message.replace("(", r"\(")) as e:
