@@ -46,6 +46,7 @@ _TYPES = {
     "model": pa.string(),
     "method": pa.string(),
     "retain": pa.float64(),
+    "budget": pa.string(),  # fixed | adaptive: how each chunk's kept count was chosen (PruneOptions.budget)
     "audio_tokens": pa.int64(),
     "kept_tokens": pa.int64(),
     "alpha_semantic": pa.float64(),
@@ -68,7 +69,7 @@ _TYPES = {
     "committed_at": pa.timestamp("us", tz="UTC"),
 }
 _IDENTITY = ("run_id", "attempt_id", "id", "source")
-_PRUNING = ("model", "method", "retain", "audio_tokens", "kept_tokens", "alpha_semantic", "alpha_uniform",
+_PRUNING = ("model", "method", "retain", "budget", "audio_tokens", "kept_tokens", "alpha_semantic", "alpha_uniform",
             "alpha_acoustic")  # fmt: skip
 
 
@@ -219,6 +220,7 @@ def file_row(chunks: list[dict], committed_at: datetime) -> dict:
         "model": first.get("model"),
         "method": first.get("method"),
         "retain": first.get("retain"),
+        "budget": first.get("budget"),
         "audio_tokens": sum(int(c.get("audio_tokens") or 0) for c in ok),
         "kept_tokens": sum(int(c.get("kept_tokens") or 0) for c in ok),
         "alpha_semantic": mean("alpha_semantic"),

@@ -56,7 +56,9 @@ def test_the_hooks_receive_the_options_the_command_line_built(monkeypatch):
     assert (
         seen == [shipped.prune] and seen[0] is shipped.prune
     )  # the pruned call; the shadow call has no hooks
-    assert all(r["retain"] == 0.35 and r["method"] == "headrouter-hard" for r in rows)
+    assert all(
+        r["retain"] == 0.35 and r["method"] == "headrouter-hard" and r["budget"] == "fixed" for r in rows
+    )
     assert [r["kept_tokens"] for r in rows] == [int(r["audio_tokens"] * 0.35) for r in rows]
     assert all(r["shadow_text"] is not None for r in rows)  # the shadow ran unpruned, off the same options
 

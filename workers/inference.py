@@ -279,7 +279,8 @@ class InferenceWorker:
         self, r: dict, prune: PruneOptions, gen=None, text: str | None = None, error: str = ""
     ) -> dict:
         row = {k: r.get(k) for k in self.schema.names if k in r}
-        row.update(model=self.model_id, method=prune.method, retain=float(prune.retain), node_id=self.node_id)
+        row.update(model=self.model_id, method=prune.method, retain=float(prune.retain), budget=prune.budget,
+                   node_id=self.node_id)  # fmt: skip
         row.pop("audio", None)
         if error:
             row.update(status="error", error=" ".join(str(error).split())[:300], text=None)
