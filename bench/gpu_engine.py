@@ -206,8 +206,11 @@ def render(res: dict, short: int, long: int) -> str:
 
 
 def _gpu_key(name: str) -> str:
+    """The bench.cost.GPUS row whose key is in the device name ("l40s" is listed before "l4"), else "cpu"."""
+    from bench.cost import GPUS
+
     low = name.lower()
-    return next((k for k in ("h200", "h100", "a100", "l40s", "l4") if k in low), "cpu")
+    return next((k for k in GPUS if k in low), "cpu")
 
 
 def _commit() -> str:

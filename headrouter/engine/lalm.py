@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -307,8 +307,6 @@ class LALM:
             outs = self._generate_batch(
                 batch, options, router, samples, max_new_tokens, min_new_tokens, return_logits
             )
-        from dataclasses import replace
-
         return [replace(out, prepare_s=prepare * n / sum(lengths)) for out, n in zip(outs, lengths)]
 
     def stream(self, requests, options: PruneOptions | None = None, max_new_tokens: int = 64, *, slots: int = 8,
@@ -335,8 +333,6 @@ class LALM:
 
     def _generate_gated(self, batch, audios, options, router, samples, *args):
         """Generation with empty windows removed before the encoder; silent clips get an empty result."""
-        from dataclasses import replace
-
         batch, gates, live = self._gate(batch, audios, options)
         outs = []
         if live:

@@ -10,7 +10,6 @@ values) that a CUDA graph can capture and replay, and `_advance` (a few tiny in-
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -28,11 +27,8 @@ __all__ = [
     "start",
 ]
 
-log = logging.getLogger("headrouter")
-
-# generation-config settings whose logits processors the loop implements (greedy only)
-_SUPPORTED_PROCESSORS = ("min_new_tokens", "repetition_penalty", "suppress_tokens")
-# settings that add a logits processor the loop does not implement: such a model uses the stock generate path
+# The loop implements greedy choice with the processors of min_new_tokens, repetition_penalty and suppress_tokens
+# (`_choose`); these settings add one it does not, so such a model uses the stock generate path
 _PROCESSOR_SETTINGS = {
     "no_repeat_ngram_size": 0,
     "encoder_no_repeat_ngram_size": 0,
@@ -54,7 +50,7 @@ class EngineOptions:
     loop: "owned" (this module: static KV buffers, one step over the stock layers) or "stock" (transformers'
     `generate` with the pruning hooks, the previous engine; also what a family the loop cannot serve uses).
     cuda_graphs: on CUDA, capture the decode step once per call and replay it (off: eager, for debugging).
-    compile: wrap the step's layer pass in `torch.compile` (CPU or GPU; compile time is paid on first use).
+    compile: run the decode step under `torch.compile` (CPU or GPU; compile time is paid on first use).
     sync_every: decode steps between the host's "all done?" checks (a finished batch runs at most this many
     steps more, whose tokens are discarded).
     """
@@ -145,7 +141,7 @@ class DecodeState:
     # eager runs attend over the columns written so far, and without a mask in a group with no padding (what
     # stock generate does); graph capture and torch.compile keep the whole buffers and masks (fixed shapes)
     eager_views: bool = False
-    padded: tuple = (True, True)  # per group: some row has hidden prefill columns (left padding)
+    padded: tuple[bool, bool] = (True, True)  # per group: some row has hidden prefill columns (left padding)
 
 
 def start(
@@ -181,6 +177,7 @@ def start(
             mask = cols
         visible.append(mask[:, None, None, :])  # [B, 1, 1, S_g]
     lead, text_pos, rope_pos = next_positions(positions)
+    padded = [not bool(v.all()) for v in row_valid]  # [1 or 2] groups; one host sync per call
     seen = None
     if parts.repetition_penalty != 1.0:
         seen = torch.zeros(batch, first_logits.shape[-1], dtype=torch.bool, device=device)
@@ -203,8 +200,8 @@ def start(
         min_new_tokens=min_new_tokens,
         seen=seen,
         keep_logits=keep_logits,
+        padded=(padded[0], padded[-1]),  # one group (nothing pruned): layers >= M are padded as layers < M
     )
-    state.padded = tuple(not bool(v.all()) for v in row_valid) * (3 - len(row_valid))  # one group: both alike
     if keep_logits:
         state.logits.append(first_logits.float().clone())
     _choose(state, first_logits.float())

@@ -24,7 +24,7 @@ __all__ = ["CallResult", "Prefilled", "kv_slots", "prefill", "run_owned"]
 class CallResult:
     """A call's raw outcome: new tokens per row (up to max_new_tokens, pad after the end), per-row step logits
     ([steps, V] each, with return_logits), prefill and decode seconds, cache bytes per token per layer, the
-    hooks' handle (records) or None, and the KV slots the buffers held."""
+    hooks' handle (records) or None, and the KV slots the buffers held (0 on the stock path)."""
 
     tokens: list[list[int]]
     logits: list | None
@@ -33,7 +33,6 @@ class CallResult:
     per_token: list[int]
     handle: object
     kv_slots: int
-    graphed: bool = False
 
 
 def kv_slots(batch: int, num_layers: int, layer: int, longest: int, most_kept: int, max_new: int) -> int:
@@ -132,9 +131,7 @@ def run_owned(lalm, parts: LoopParts, engine: EngineOptions, batch: dict, handle
         if return_logits:
             stacked = torch.stack(state.logits)  # [steps, B, V]
             logits = [stacked[:, b] for b in range(stacked.shape[1])]
-    return CallResult(
-        tokens, logits, pre.seconds, t2 - t1, pre.per_token, handle, kv.slots(), runner is not None
-    )
+    return CallResult(tokens, logits, pre.seconds, t2 - t1, pre.per_token, handle, kv.slots())
 
 
 _COMPILED: list = []  # one torch.compile of step_once per process: calls of the same shapes reuse its graphs

@@ -79,9 +79,3 @@ class StaticKV:
     def slots(self) -> int:
         """KV token slots allocated, summed over layers and rows (what the batch planner counts)."""
         return sum(int(k.shape[0]) * int(k.shape[-2]) for k in self.keys)
-
-    def nbytes(self) -> int:
-        return sum(
-            k.numel() * k.element_size() + v.numel() * v.element_size()
-            for k, v in zip(self.keys, self.values)
-        )
